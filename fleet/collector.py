@@ -1,0 +1,473 @@
+"""The heartbeat collector: polls every unit's ``/v1/health`` and writes heartbeats in batches.
+
+One shared async HTTP client (httpx over the aiohttp transport, which holds its throughput as
+concurrency grows where httpx's default transport does not — FIELD_NOTES, encode/httpx #3215),
+bounded concurrency, connect/read timeouts, retries with exponential backoff for transient
+connection errors, and one database transaction per cycle. A unit is offline once it has missed
+``offline_after_factor`` × the poll interval (AWS IoT's 1.5 × keep-alive).
+
+Nothing collected is lost when the database refuses a write (a locked SQLite file, PostgreSQL
+restarting): the cycle's heartbeats stay in memory and are written with the next cycle.
+One bad unit never affects another: every failure is recorded on its own unit.
+
+Runs headless (``speakerops collect``) or inside the console (:class:`BackgroundCollector`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from fleet.errors import HealthReportError, UnitUnreachable
+from fleet.health import HealthReport, parse_health
+from fleet.models import CollectorStatus, Heartbeat, Unit
+from fleet.settings import CollectorSettings
+from speakerops.timeutil import Clock, utc_now
+
+logger = logging.getLogger(__name__)
+
+_STATE_TO_STATUS = {"ok": "online", "degraded": "degraded", "updating": "updating"}
+
+
+@dataclass(frozen=True)
+class PollTarget:
+    """What the collector needs to know of a unit to poll it."""
+
+    id: int
+    serial: str
+    agent_url: str
+    status: str
+    last_heartbeat_at: datetime | None
+    created_at: datetime
+    poll_failures: int
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    """The result of polling one unit: a report, or what went wrong."""
+
+    serial: str
+    received_at: datetime
+    report: HealthReport | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.report is not None
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """One poll cycle over the collector's units.
+
+    Attributes
+    ----------
+    started_at
+        When the cycle began (aware UTC).
+    duration_s
+        Wall time of polling plus writing, seconds.
+    polled, ok, failed
+        Units polled, answered with a valid heartbeat, failed.
+    written
+        Heartbeat rows committed in this cycle (including earlier pending ones).
+    pending
+        Heartbeat rows held in memory because the database write failed.
+    db_error
+        Why the database write (or the unit list read) failed, or None.
+    outcomes
+        Per unit serial, its :class:`PollOutcome` (a per-unit result, never all-or-nothing).
+    """
+
+    started_at: datetime
+    duration_s: float
+    polled: int
+    ok: int
+    failed: int
+    written: int
+    pending: int
+    db_error: str | None = None
+    outcomes: Mapping[str, PollOutcome] = field(default_factory=dict)
+
+    def succeeded_units(self) -> dict[str, PollOutcome]:
+        return {s: o for s, o in self.outcomes.items() if o.ok}
+
+    def failed_units(self) -> dict[str, PollOutcome]:
+        return {s: o for s, o in self.outcomes.items() if not o.ok}
+
+
+def default_collector_name(shard: tuple[int, int] | None = None) -> str:
+    """``host:pid`` (plus ``shard I/N``): the key of this process's collector status row."""
+    base = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{base} shard {shard[0]}/{shard[1]}" if shard else base
+
+
+class _Transient(Exception):
+    """A connection-level failure worth retrying (refused, reset, dropped)."""
+
+
+def _describe_transport_error(exc: BaseException) -> tuple[str, bool]:
+    """A readable reason for an HTTP failure and whether a retry may help."""
+    cause = exc.__cause__ or exc
+    if isinstance(cause, (TimeoutError, aiohttp.ServerTimeoutError, httpx.TimeoutException)) and not isinstance(
+        cause, aiohttp.ServerDisconnectedError
+    ):
+        return "timeout: no complete answer in time", False
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return f"unreachable: cannot connect ({cause.os_error.strerror or cause})", True
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return "unreachable: the unit closed the connection without answering", True
+    if isinstance(cause, aiohttp.ClientPayloadError):
+        return f"unreachable: answer cut off ({cause})", True
+    if isinstance(cause, (aiohttp.ClientError, httpx.TransportError, OSError)):
+        return f"unreachable: {type(cause).__name__}: {cause}", True
+    return f"{type(cause).__name__}: {cause}", False
+
+
+class Collector:
+    """Polls units and stores their heartbeats.
+
+    Parameters
+    ----------
+    session_factory
+        Makes the sessions of each cycle's unit of work.
+    clock
+        Returns aware UTC now; heartbeats are stamped with it.
+    settings
+        Tuning; defaults from :class:`fleet.settings.CollectorSettings`.
+    name
+        Key of this collector's row in ``collector_status``; default ``host:pid``.
+    shard
+        ``(i, n)`` with 1 ≤ i ≤ n: poll only units whose ``id % n == i - 1``, so that n collector
+        processes share a fleet with no unit polled twice or missed.
+    """
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        clock: Clock = utc_now,
+        settings: CollectorSettings | None = None,
+        name: str | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> None:
+        if shard is not None and not (1 <= shard[0] <= shard[1]):
+            raise ValueError(f"shard {shard[0]}/{shard[1]} is out of range: use I/N with 1 <= I <= N")
+        self._session_factory = session_factory
+        self._clock = clock
+        self.settings = settings or CollectorSettings()
+        self.shard = shard
+        self.name = name or default_collector_name(shard)
+        self._started_at = clock()
+        self._client: httpx.AsyncClient | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._targets: list[PollTarget] = []
+        self._pending_heartbeats: deque[dict] = deque(maxlen=self.settings.max_pending_rows)
+        self._pending_units: dict[int, dict] = {}
+        self._dropped_rows = 0
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    def _ensure_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            s = self.settings
+            limits = httpx.Limits(max_connections=s.concurrency, max_keepalive_connections=s.concurrency)
+            timeout = httpx.Timeout(s.read_timeout_s, connect=s.connect_timeout_s)
+            self._client = httpx.AsyncClient(
+                transport=AiohttpTransport(limits=limits, trust_env=False), timeout=timeout,
+                trust_env=False, headers={"Accept": "application/json", "User-Agent": "speakerops-collector"},
+            )
+            self._semaphore = asyncio.Semaphore(s.concurrency)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (idempotent)."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _fetch(self, url: str) -> bytes:
+        s = self.settings
+        client = self._ensure_client()
+        try:
+            async with asyncio.timeout(s.connect_timeout_s + s.read_timeout_s):
+                async with client.stream("GET", url) as resp:
+                    if resp.status_code != 200:
+                        detail = (await resp.aread())[:200].decode("utf-8", "replace").strip()
+                        raise UnitUnreachable(f"HTTP {resp.status_code} from the unit: {detail or resp.reason_phrase}")
+                    declared = resp.headers.get("content-length")
+                    if declared and declared.isdigit() and int(declared) > s.max_body_bytes:
+                        raise HealthReportError(
+                            f"answer of {int(declared)} bytes is over the {s.max_body_bytes}-byte limit")
+                    body = bytearray()
+                    async for chunk in resp.aiter_raw():
+                        body += chunk
+                        if len(body) > s.max_body_bytes:
+                            raise HealthReportError(f"answer is over the {s.max_body_bytes}-byte limit")
+                    return bytes(body)
+        except (UnitUnreachable, HealthReportError):
+            raise
+        except TimeoutError as exc:
+            raise UnitUnreachable(
+                f"timeout: no complete answer within {s.connect_timeout_s + s.read_timeout_s:.1f} s") from exc
+        except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
+            message, transient = _describe_transport_error(exc)
+            if transient:
+                raise _Transient(message) from exc
+            raise UnitUnreachable(message) from exc
+
+    async def _poll(self, target: PollTarget) -> PollOutcome:
+        url = target.agent_url.rstrip("/") + "/v1/health"
+        s = self.settings
+        assert self._semaphore is not None
+        async with self._semaphore:
+            try:
+                async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(s.retries + 1),
+                    wait=wait_exponential_jitter(initial=s.backoff_s, max=2.0),
+                    retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
+                    reraise=True,
+                ):
+                    with attempt:
+                        body = await self._fetch(url)
+                report = parse_health(body)
+            except (_Transient, UnitUnreachable, HealthReportError) as exc:
+                return PollOutcome(target.serial, self._clock(), error=str(exc))
+            except Exception as exc:  # a bug must not stop the other units' polls
+                logger.exception("unexpected error polling %s", target.serial)
+                return PollOutcome(target.serial, self._clock(), error=f"internal error: {exc!r}")
+        if report.serial != target.serial:
+            return PollOutcome(
+                target.serial, self._clock(),
+                error=(f"identity mismatch: the unit at {target.agent_url} answered as {report.serial!r}; "
+                       "check the inventory (agent URL or serial changed)"),
+            )
+        return PollOutcome(target.serial, self._clock(), report=report)
+
+    # -- database -----------------------------------------------------------------------------
+    def _load_targets(self) -> list[PollTarget]:
+        stmt = select(Unit.id, Unit.serial, Unit.agent_url, Unit.status, Unit.last_heartbeat_at,
+                      Unit.created_at, Unit.poll_failures).order_by(Unit.id)
+        if self.shard is not None:
+            i, n = self.shard
+            stmt = stmt.where(Unit.id % n == i - 1)
+        with self._session_factory() as session:
+            rows = session.execute(stmt).all()
+        targets = []
+        for row in rows:
+            t = PollTarget(*row)
+            pending = self._pending_units.get(t.id)
+            if pending:  # the database has not seen our latest view of this unit yet
+                t = PollTarget(t.id, t.serial, t.agent_url, pending.get("status", t.status),
+                               pending.get("last_heartbeat_at", t.last_heartbeat_at), t.created_at,
+                               pending.get("poll_failures", t.poll_failures))
+            targets.append(t)
+        return targets
+
+    def _unit_update(self, t: PollTarget, o: PollOutcome) -> tuple[dict, dict | None]:
+        now = o.received_at
+        if o.report is not None:
+            r = o.report
+            status = _STATE_TO_STATUS[r.state]
+            versions = r.model_versions()
+            upd = {
+                "id": t.id, "status": status, "last_heartbeat_at": now, "last_poll_at": now,
+                "last_poll_error": None, "poll_failures": 0, "updated_at": now,
+                "clock_skew_s": (r.time - now).total_seconds() if r.time else None,
+                **{f"{k}_version": v for k, v in versions.items() if v},
+            }
+            hb = {
+                "unit_id": t.id, "received_at": now, "unit_time": r.time, "state": r.state,
+                "uptime_s": r.uptime_s, "cpu_pct": r.cpu_pct, "temp_c": r.temp_c, "mem_pct": r.mem_pct,
+                "disk_free_mb": r.disk_free_mb, "mic_noise_dbfs": r.mic_noise_dbfs,
+                "wifi_rssi_dbm": r.wifi_rssi_dbm, "wake_false_accepts_per_h": r.wake_false_accepts_per_h,
+                "requests": r.requests, "errors": r.errors, "latency_ms": r.latency_ms,
+                **{f"{k}_version": v for k, v in versions.items()},
+            }
+        else:
+            since = t.last_heartbeat_at or t.created_at
+            silent_s = (now - since).total_seconds()
+            status = "offline" if silent_s >= self.settings.offline_after_s else t.status
+            upd = {"id": t.id, "status": status, "last_poll_at": now, "last_poll_error": o.error,
+                   "poll_failures": t.poll_failures + 1, "updated_at": now}
+            hb = None
+        if status != t.status:
+            upd["status_changed_at"] = now
+        return upd, hb
+
+    def _write(self, heartbeats: list[dict], units: list[dict], status: dict) -> None:
+        with self._session_factory.begin() as session:
+            if heartbeats:
+                session.execute(insert(Heartbeat), heartbeats)
+            if units:
+                session.execute(update(Unit), units)
+            session.merge(CollectorStatus(**status))
+
+    def _write_dropping_deleted_units(self, heartbeats: list[dict], units: list[dict], status: dict) -> int:
+        """Write; if units were deleted since the poll, drop their rows and write the rest."""
+        try:
+            self._write(heartbeats, units, status)
+            return len(heartbeats)
+        except IntegrityError:
+            with self._session_factory() as session:
+                alive = set(session.scalars(select(Unit.id)))
+            kept_hb = [h for h in heartbeats if h["unit_id"] in alive]
+            kept_units = [u for u in units if u["id"] in alive]
+            logger.warning("dropped %d heartbeats of %d units deleted during the cycle",
+                           len(heartbeats) - len(kept_hb), len(units) - len(kept_units))
+            self._write(kept_hb, kept_units, status)
+            return len(kept_hb)
+
+    # -- cycles -------------------------------------------------------------------------------
+    async def run_cycle(self) -> CycleResult:
+        """Poll every unit once and write the results; never raises for a unit or DB failure."""
+        started_at = self._clock()
+        t0 = time.perf_counter()
+        self._ensure_client()
+        db_error = None
+        try:
+            self._targets = await asyncio.to_thread(self._load_targets)
+        except SQLAlchemyError as exc:
+            db_error = f"cannot read the unit list ({_short(exc)}); polling the {len(self._targets)} units known"
+            logger.warning(db_error)
+        targets = self._targets
+        outcomes = await asyncio.gather(*(self._poll(t) for t in targets))
+
+        before = len(self._pending_heartbeats)
+        for t, o in zip(targets, outcomes, strict=True):
+            upd, hb = self._unit_update(t, o)
+            self._pending_units[t.id] = {**self._pending_units.get(t.id, {}), **upd}
+            if hb is not None:
+                self._pending_heartbeats.append(hb)
+        dropped = before + sum(o.ok for o in outcomes) - len(self._pending_heartbeats)
+        if dropped > 0:
+            self._dropped_rows += dropped
+            logger.error("pending heartbeats over %d rows: dropped the %d oldest (%d in all)",
+                         self.settings.max_pending_rows, dropped, self._dropped_rows)
+
+        ok = sum(o.ok for o in outcomes)
+        heartbeats = list(self._pending_heartbeats)
+        units = list(self._pending_units.values())
+        duration = time.perf_counter() - t0
+        status = {
+            "name": self.name, "started_at": self._started_at, "last_cycle_at": started_at,
+            "cycle_s": duration, "interval_s": self.settings.interval_s, "units_polled": len(targets),
+            "units_ok": ok, "units_failed": len(targets) - ok, "pending_rows": 0, "last_error": db_error,
+        }
+        written = 0
+        try:
+            written = await asyncio.to_thread(self._write_dropping_deleted_units, heartbeats, units, status)
+            self._pending_heartbeats.clear()
+            self._pending_units.clear()
+        except SQLAlchemyError as exc:
+            db_error = (f"database write failed ({_short(exc)}); {len(heartbeats)} heartbeats kept in memory "
+                        "and retried next cycle")
+            logger.warning(db_error)
+        result = CycleResult(
+            started_at=started_at, duration_s=time.perf_counter() - t0, polled=len(targets), ok=ok,
+            failed=len(targets) - ok, written=written, pending=len(self._pending_heartbeats),
+            db_error=db_error, outcomes={o.serial: o for o in outcomes},
+        )
+        logger.info("cycle: %d polled, %d ok, %d failed, %d written, %d pending in %.2f s",
+                    result.polled, result.ok, result.failed, result.written, result.pending, result.duration_s)
+        return result
+
+    async def run(self, stop: asyncio.Event, on_cycle: Callable[[CycleResult], None] | None = None) -> None:
+        """Run cycles every ``interval_s`` until ``stop`` is set; closes the client at the end."""
+        loop = asyncio.get_running_loop()
+        try:
+            while not stop.is_set():
+                t0 = loop.time()
+                result = await self.run_cycle()
+                if on_cycle is not None:
+                    try:
+                        on_cycle(result)
+                    except Exception:
+                        logger.exception("on_cycle callback failed")
+                delay = max(0.0, self.settings.interval_s - (loop.time() - t0))
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+        finally:
+            await self.aclose()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+class BackgroundCollector:
+    """Runs a :class:`Collector` on its own asyncio loop in a daemon thread.
+
+    ``on_cycle`` is called from the collector's thread after every cycle; a GUI must hand the
+    result to its own thread (the console uses a queued signal).
+    """
+
+    def __init__(self, collector: Collector, on_cycle: Callable[[CycleResult], None] | None = None) -> None:
+        self.collector = collector
+        self._on_cycle = on_cycle
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._ready = threading.Event()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread; returns once its loop runs."""
+        if self.is_running:
+            return
+        self._ready.clear()
+        self._thread = threading.Thread(target=self._main, name="speakerops-collector", daemon=True)
+        self._thread.start()
+        self._ready.wait(5.0)
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._stop = asyncio.Event()
+            self._task = loop.create_task(self.collector.run(self._stop, self._on_cycle))
+            loop.call_soon(self._ready.set)
+            try:
+                loop.run_until_complete(self._task)
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                logger.exception("collector stopped by an error")
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self._ready.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the collector to finish its cycle and stop; cancel it if it takes over ``timeout``."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None or not thread.is_alive():
+            return
+        if self._stop is not None:
+            loop.call_soon_threadsafe(self._stop.set)
+        thread.join(timeout)
+        if thread.is_alive() and self._task is not None:
+            loop.call_soon_threadsafe(self._task.cancel)
+            thread.join(timeout)
+        if thread.is_alive():
+            logger.error("collector thread did not stop within %.1f s", 2 * timeout)

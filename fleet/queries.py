@@ -1,0 +1,146 @@
+"""Read models for the console and the CLI: the fleet table snapshot and a unit's detail.
+
+These build plain data (a pandas ``DataFrame``, dataclasses) from one ``Session``; the console
+calls them off the GUI thread and swaps the result into its table models.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from fleet.models import STAGES, UNIT_STATES, CollectorStatus, Heartbeat, Unit
+
+logger = logging.getLogger(__name__)
+
+#: Columns of :func:`fleet_snapshot`, in display order.
+SNAPSHOT_COLUMNS: tuple[str, ...] = (
+    "serial", "status", "site", "region", "hardware_rev", "firmware_version",
+    "stt_version", "qa_version", "tts_version", "last_heartbeat_at",
+    "cpu_pct", "temp_c", "mem_pct", "disk_free_mb", "mic_noise_dbfs", "wifi_rssi_dbm",
+    "wake_false_accepts_per_h", "requests", "errors", "e2e_p95_ms", "last_poll_error", "id",
+)
+
+
+def _e2e_ms(latency_ms: dict | None) -> list[float]:
+    """End-to-end latency per request (sum over the six stages), ms; [] if none reported."""
+    if not latency_ms:
+        return []
+    series = [latency_ms.get(stage) or [] for stage in STAGES]
+    n = min((len(s) for s in series), default=0)
+    return [float(sum(s[i] for s in series)) for i in range(n)]
+
+
+def fleet_snapshot(session: Session) -> pd.DataFrame:
+    """One row per unit with its inventory, state and latest heartbeat figures.
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`SNAPSHOT_COLUMNS`; figures are NaN for a unit without a heartbeat.
+        ``e2e_p95_ms`` is the 95th percentile end-to-end latency of the requests in the latest
+        heartbeat, in ms. Sorted by serial.
+    """
+    latest = (
+        select(Heartbeat.unit_id, func.max(Heartbeat.id).label("hb_id"))
+        .group_by(Heartbeat.unit_id)
+        .subquery()
+    )
+    stmt = (
+        select(
+            Unit.id, Unit.serial, Unit.status, Unit.site, Unit.region, Unit.hardware_rev,
+            Unit.firmware_version, Unit.stt_version, Unit.qa_version, Unit.tts_version,
+            Unit.last_heartbeat_at, Unit.last_poll_error,
+            Heartbeat.cpu_pct, Heartbeat.temp_c, Heartbeat.mem_pct, Heartbeat.disk_free_mb,
+            Heartbeat.mic_noise_dbfs, Heartbeat.wifi_rssi_dbm, Heartbeat.wake_false_accepts_per_h,
+            Heartbeat.requests, Heartbeat.errors, Heartbeat.latency_ms,
+        )
+        .outerjoin(latest, latest.c.unit_id == Unit.id)
+        .outerjoin(Heartbeat, Heartbeat.id == latest.c.hb_id)
+        .order_by(Unit.serial)
+    )
+    rows = session.execute(stmt).mappings().all()
+    df = pd.DataFrame([dict(r) for r in rows], columns=[*SNAPSHOT_COLUMNS, "latency_ms"])
+    df["e2e_p95_ms"] = [
+        float(np.percentile(e2e, 95)) if (e2e := _e2e_ms(lat)) else np.nan
+        for lat in df["latency_ms"]
+    ]
+    df = df.drop(columns=["latency_ms"])
+    for col in ("cpu_pct", "temp_c", "mem_pct", "disk_free_mb", "mic_noise_dbfs",
+                "wifi_rssi_dbm", "wake_false_accepts_per_h", "requests", "errors"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    return df[list(SNAPSHOT_COLUMNS)].reset_index(drop=True)
+
+
+def status_counts(snapshot: pd.DataFrame) -> dict[str, int]:
+    """Units per state, every state of :data:`fleet.models.UNIT_STATES` present (0 if none)."""
+    counts = snapshot["status"].value_counts().to_dict() if len(snapshot) else {}
+    return {state: int(counts.get(state, 0)) for state in UNIT_STATES}
+
+
+@dataclass(frozen=True)
+class UnitDetail:
+    """A unit's inventory and its latest heartbeats, for the detail panel.
+
+    ``recent`` holds the unit's heartbeats of the last ``window`` (oldest first) as a DataFrame
+    with ``received_at`` and the figures of :class:`fleet.models.Heartbeat`.
+    """
+
+    serial: str
+    status: str
+    inventory: dict[str, object]
+    latest: dict[str, object] | None
+    stage_p95_ms: dict[str, float] = field(default_factory=dict)
+    recent: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+_HEARTBEAT_FIGURES = (
+    "received_at", "state", "uptime_s", "cpu_pct", "temp_c", "mem_pct", "disk_free_mb",
+    "mic_noise_dbfs", "wifi_rssi_dbm", "wake_false_accepts_per_h", "requests", "errors",
+)
+
+
+def unit_detail(session: Session, serial: str, now: datetime,
+                window: timedelta = timedelta(hours=1)) -> UnitDetail | None:
+    """The unit ``serial``'s inventory, latest figures and per-stage p95 latency (ms) over
+    ``window`` before ``now``; None if no such unit."""
+    unit = session.scalar(select(Unit).where(Unit.serial == serial))
+    if unit is None:
+        return None
+    inventory = {
+        "serial": unit.serial, "hardware_rev": unit.hardware_rev, "site": unit.site,
+        "region": unit.region, "timezone": unit.timezone, "agent_url": unit.agent_url,
+        "ssh": f"{unit.ssh_user}@{unit.ssh_host}:{unit.ssh_port}" if unit.ssh_host else None,
+        "firmware_version": unit.firmware_version, **{f"{k}_version": v for k, v in unit.model_versions().items()},
+        "tags": list(unit.tags or []), "consent_recordings": unit.consent_recordings,
+        "consent_feedback_text": unit.consent_feedback_text,
+        "last_heartbeat_at": unit.last_heartbeat_at, "last_poll_error": unit.last_poll_error,
+        "clock_skew_s": unit.clock_skew_s,
+    }
+    hbs = session.scalars(
+        select(Heartbeat)
+        .where(Heartbeat.unit_id == unit.id, Heartbeat.received_at >= now - window)
+        .order_by(Heartbeat.received_at)
+    ).all()
+    recent = pd.DataFrame([{k: getattr(h, k) for k in _HEARTBEAT_FIGURES} for h in hbs],
+                          columns=list(_HEARTBEAT_FIGURES))
+    stage_p95: dict[str, float] = {}
+    for stage in STAGES:
+        samples = [v for h in hbs for v in (h.latency_ms or {}).get(stage, [])]
+        if samples:
+            stage_p95[stage] = float(np.percentile(samples, 95))
+    latest = recent.iloc[-1].to_dict() if len(recent) else None
+    return UnitDetail(unit.serial, unit.status, inventory, latest, stage_p95, recent)
+
+
+def collector_statuses(session: Session) -> list[CollectorStatus]:
+    """Every collector's latest cycle, newest first."""
+    return list(session.scalars(
+        select(CollectorStatus).order_by(CollectorStatus.last_cycle_at.desc().nulls_last())
+    ))

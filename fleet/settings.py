@@ -1,0 +1,43 @@
+"""Fleet settings (environment prefix ``SPEAKEROPS_COLLECTOR_``).
+
+Defaults and where they come from:
+
+* ``interval_s = 10``: the poll interval the monitoring requirements name (10,000 units every 10 s).
+* ``offline_after_factor = 1.5``: a unit is offline after missing 1.5 × its poll interval, as AWS
+  IoT counts a device disconnected after 1.5 × its keep-alive (FIELD_NOTES).
+* ``concurrency = 200``: in-flight polls; httpx over the aiohttp transport holds ~2,000 polls/s
+  at concurrency 20–100 on 2 cores (FIELD_NOTES), so 200 leaves room for slow units.
+* ``connect_timeout_s = 2``, ``read_timeout_s = 3``: a healthy unit on a LAN answers in
+  milliseconds; a poll must end well within one interval.
+* ``retries = 2`` with exponential backoff from ``backoff_s = 0.2``: transient connection errors
+  only; a timeout is not retried (it already used its budget).
+* ``max_body_bytes = 1 MiB``: docs/unit-api.md; larger answers are refused unread.
+* ``max_pending_rows = 500,000``: heartbeats kept in memory while the database is unavailable
+  (50 cycles of 10,000 units); beyond it the oldest are dropped and counted in the log.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CollectorSettings(BaseSettings):
+    """Tuning of the heartbeat collector; see the module docstring for each default's source."""
+
+    model_config = SettingsConfigDict(env_prefix="SPEAKEROPS_COLLECTOR_", extra="ignore")
+
+    interval_s: float = Field(10.0, gt=0, description="poll interval, seconds")
+    offline_after_factor: float = Field(1.5, ge=1.0)
+    concurrency: int = Field(200, ge=1, le=10_000)
+    connect_timeout_s: float = Field(2.0, gt=0)
+    read_timeout_s: float = Field(3.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+    backoff_s: float = Field(0.2, ge=0)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_pending_rows: int = Field(500_000, ge=1000)
+
+    @property
+    def offline_after_s(self) -> float:
+        """Seconds without a heartbeat after which a unit is offline."""
+        return self.interval_s * self.offline_after_factor

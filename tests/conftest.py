@@ -1,0 +1,105 @@
+"""Shared fixtures: an isolated environment, a real database (SQLite and PostgreSQL), a clock.
+
+PostgreSQL tests use the server named by ``SPEAKEROPS_TEST_PG_URL`` (default
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``), each in a fresh database created for the
+test and dropped after it. Where no server answers they are skipped with the reason, except under
+CI (``CI=true``), where a missing server is a failure: CI must exercise PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from speakerops.db import make_engine, make_session_factory, upgrade
+from speakerops.runtime import Runtime
+from speakerops.settings import CoreSettings
+
+PG_URL = os.environ.get("SPEAKEROPS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point data and config at tmp_path; never touch the developer's own database."""
+    monkeypatch.setenv("SPEAKEROPS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("SPEAKEROPS_DB_URL", raising=False)
+
+
+class FrozenClock:
+    """A clock that stands still until advanced: ``clock()`` → aware UTC."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 21, 6, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()
+
+
+def _pg_admin_engine():
+    return create_engine(PG_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The PostgreSQL admin URL, after checking that the server answers."""
+    try:
+        engine = _pg_admin_engine()
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        reason = f"PostgreSQL not reachable at {make_url(PG_URL).render_as_string(hide_password=True)}: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (CI must run the PostgreSQL tests)")
+        pytest.skip(reason)
+    return PG_URL
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    name = f"speakerops_t_{uuid.uuid4().hex[:12]}"
+    admin = _pg_admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(pg_server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh empty database on each backend in turn."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'speakerops.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def runtime(db_url: str, clock: FrozenClock) -> Iterator[Runtime]:
+    """A migrated database with its session factory and the frozen clock."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    rt = Runtime(CoreSettings(), db_url, engine, make_session_factory(engine), clock)
+    yield rt
+    engine.dispose()
