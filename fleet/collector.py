@@ -237,7 +237,7 @@ class Collector:
             try:
                 async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(s.retries + 1),
-                    wait=wait_exponential_jitter(initial=s.backoff_s, max=2.0),
+                    wait=wait_exponential_jitter(multiplier=s.backoff_s, max=2.0, jitter=s.backoff_s),
                     retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
                     reraise=True,
                 ):

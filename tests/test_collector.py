@@ -1,0 +1,220 @@
+"""The collector against the real simulator over real HTTP, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from fleet.collector import BackgroundCollector, Collector
+from fleet.inventory import import_units
+from fleet.models import CollectorStatus, Heartbeat, Unit
+from fleet.settings import CollectorSettings
+from fleet.simulator import Simulator
+
+FAST = CollectorSettings(interval_s=10, connect_timeout_s=0.5, read_timeout_s=0.8, retries=1, backoff_s=0.01)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory) -> Simulator:
+    simulator = Simulator(24, seed=7, data_dir=tmp_path_factory.mktemp("sim"))
+    simulator.start()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
+def fleet(runtime, sim, tmp_path):
+    """The runtime's database holding the simulator's first 12 units, all faults cleared.
+
+    Only units the simulator keeps online in its normal behaviour are used, so that every
+    failure below is one the test caused.
+    """
+    path = tmp_path / "inventory.csv"
+    sim.write_inventory(path)
+    for spec in sim.units:
+        sim.set_fault(spec.serial, "none")
+    with runtime.session_factory.begin() as s:
+        import_units(s, path, runtime.clock)
+        healthy = _always_answering(sim)[:12]
+        s.execute(delete(Unit).where(Unit.serial.not_in(healthy)))
+    return healthy
+
+
+def _always_answering(sim: Simulator) -> list[str]:
+    async def probe() -> list[str]:
+        import httpx
+
+        async with httpx.AsyncClient(timeout=2) as c:
+            ok = []
+            for spec in sim.units:
+                try:
+                    r1 = await c.get(sim.agent_url(spec.serial) + "/v1/health")
+                    r2 = await c.get(sim.agent_url(spec.serial) + "/v1/health")
+                except httpx.HTTPError:
+                    continue
+                if r1.status_code == r2.status_code == 200 and r1.json()["state"] == "ok":
+                    ok.append(spec.serial)
+            return ok
+    return asyncio.run(probe())
+
+
+def _cycle(runtime, **kw):
+    collector = Collector(runtime.session_factory, runtime.clock, kw.pop("settings", FAST), **kw)
+
+    async def go():
+        try:
+            return await collector.run_cycle()
+        finally:
+            await collector.aclose()
+    return asyncio.run(go())
+
+
+def test_cycle_stores_a_heartbeat_per_unit_and_marks_units_online(runtime, fleet) -> None:
+    result = _cycle(runtime)
+    assert (result.polled, result.ok, result.failed, result.written, result.pending) == (12, 12, 0, 12, 0)
+    with runtime.session_factory() as s:
+        units = s.scalars(select(Unit)).all()
+        assert {u.status for u in units} == {"online"}
+        assert all(u.last_heartbeat_at == runtime.clock() and u.last_poll_error is None for u in units)
+        assert all(u.stt_version and u.qa_version and u.tts_version for u in units)
+        hbs = s.scalars(select(Heartbeat)).all()
+        assert len(hbs) == 12
+        assert all(0 <= h.cpu_pct <= 100 and h.mic_noise_dbfs < 0 and h.uptime_s >= 0 for h in hbs)
+        status = s.scalars(select(CollectorStatus)).one()
+        assert (status.units_polled, status.units_ok, status.units_failed) == (12, 12, 0)
+
+
+FAULTS = {
+    "offline": "closed the connection",
+    "slow": "timeout",
+    "malformed": "not valid JSON",
+    "truncated": "not valid JSON",
+    "http_error": "HTTP 503",
+    "wrong_serial": "identity mismatch",
+    "missing_field": "cpu_pct",
+}
+
+
+def test_each_bad_unit_gets_a_clear_error_and_no_other_heartbeat_is_lost(runtime, sim, fleet) -> None:
+    bad = dict(zip(fleet, FAULTS, strict=False))
+    for serial, fault in bad.items():
+        sim.set_fault(serial, fault, delay_s=3.0)
+    result = _cycle(runtime)
+    assert result.ok == len(fleet) - len(bad) and result.failed == len(bad)
+    with runtime.session_factory() as s:
+        errors = dict(s.execute(select(Unit.serial, Unit.last_poll_error)).all())
+        written = set(s.scalars(select(Unit.serial).join(Heartbeat)))
+    for serial, fault in bad.items():
+        assert FAULTS[fault] in (errors[serial] or ""), (fault, errors[serial])
+        assert result.outcomes[serial].error == errors[serial]
+    assert written == set(fleet) - set(bad)
+
+
+def test_unit_goes_offline_after_one_and_a_half_intervals(runtime, sim, fleet) -> None:
+    serial = fleet[0]
+    _cycle(runtime)
+    sim.set_fault(serial, "offline")
+    runtime.clock.advance(10)
+    _cycle(runtime)
+    with runtime.session_factory() as s:
+        unit = s.scalar(select(Unit).where(Unit.serial == serial))
+        assert unit.status == "online" and unit.poll_failures == 1  # missed one poll: 10 s < 15 s
+    runtime.clock.advance(5)
+    _cycle(runtime)
+    with runtime.session_factory() as s:
+        unit = s.scalar(select(Unit).where(Unit.serial == serial))
+        assert unit.status == "offline" and unit.poll_failures == 2
+        assert unit.status_changed_at == runtime.clock()
+    sim.set_fault(serial, "none")
+    runtime.clock.advance(10)
+    _cycle(runtime)
+    with runtime.session_factory() as s:
+        unit = s.scalar(select(Unit).where(Unit.serial == serial))
+        assert (unit.status, unit.poll_failures, unit.last_poll_error) == ("online", 0, None)
+
+
+def test_shards_split_the_fleet_without_overlap_or_gap(runtime, fleet) -> None:
+    first = _cycle(runtime, shard=(1, 2))
+    second = _cycle(runtime, shard=(2, 2))
+    assert set(first.outcomes).isdisjoint(second.outcomes)
+    assert set(first.outcomes) | set(second.outcomes) == set(fleet)
+
+
+def test_background_collector_reports_cycles_and_stops(runtime, fleet) -> None:
+    seen = []
+    done = threading.Event()
+
+    def on_cycle(result):
+        seen.append(result)
+        done.set()
+
+    bg = BackgroundCollector(Collector(runtime.session_factory, runtime.clock, FAST), on_cycle)
+    bg.start()
+    assert done.wait(15), "no cycle within 15 s"
+    bg.stop()
+    assert not bg.is_running
+    assert seen[0].ok == len(fleet)
+    assert not any(t.name == "speakerops-collector" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_locked_database_keeps_heartbeats_in_memory_until_it_returns(runtime, fleet, monkeypatch) -> None:
+    from speakerops import db as dbmod
+    from speakerops.db import make_engine, make_session_factory
+
+    monkeypatch.setattr(dbmod, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    engine = make_engine(runtime.db_url)
+    factory = make_session_factory(engine)
+    collector = Collector(factory, runtime.clock, FAST)
+    db_file = runtime.db_url.removeprefix("sqlite:///")
+
+    async def two_cycles():
+        holder = sqlite3.connect(db_file, timeout=0)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            locked = await collector.run_cycle()
+        finally:
+            holder.rollback()
+            holder.close()
+        # a unit deleted while its heartbeats wait must not block the others
+        with runtime.session_factory.begin() as s:
+            s.execute(delete(Unit).where(Unit.serial == fleet[-1]))
+        runtime.clock.advance(10)
+        back = await collector.run_cycle()
+        await collector.aclose()
+        return locked, back
+
+    locked, back = asyncio.run(two_cycles())
+    engine.dispose()
+    assert locked.db_error and "locked" in locked.db_error and locked.pending == 12 and locked.written == 0
+    assert back.db_error is None and back.pending == 0
+    assert back.written == 11 + 11  # both cycles' heartbeats of the 11 remaining units
+    with runtime.session_factory() as s:
+        per_unit = dict(s.execute(select(Unit.serial, func.count(Heartbeat.id)).join(Heartbeat).group_by(Unit.serial)).all())
+    assert per_unit == {serial: 2 for serial in fleet[:-1]}
+
+
+def test_cli_collect_once_json(runtime, fleet) -> None:
+    from typer.testing import CliRunner
+
+    from speakerops.cli import app
+
+    result = CliRunner().invoke(app, ["collect", "--once", "--json", "--db-url", runtime.db_url])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["polled"] == 12 and data["ok"] == 12 and data["failures"] == {}
+
+
+def test_bad_shard_is_refused_with_a_clear_message(runtime) -> None:
+    from typer.testing import CliRunner
+
+    from speakerops.cli import app
+
+    result = CliRunner().invoke(app, ["collect", "--once", "--shard", "3/2", "--db-url", runtime.db_url])
+    assert result.exit_code == 1 and "between 1 and N" in result.stderr
