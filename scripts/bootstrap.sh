@@ -43,9 +43,12 @@ stamp=.venv/.speakerops-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "bootstrap: installing Python packages into .venv"
-  .venv/bin/pip install -q --upgrade pip setuptools wheel
+  pip_install() {  # quiet; drops pip's notes about unreadable extra index locations
+    .venv/bin/pip install -q "$@" 2> >(grep -v "^WARNING: Location" >&2)
+  }
+  pip_install --upgrade pip setuptools wheel
   # The local CPU wheel first: any other torch request pulls the CUDA build.
-  .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[dev]"
+  pip_install "torch==2.13.0"
+  pip_install -e ".[dev]"
   echo "$want" > "$stamp"
 fi
