@@ -37,15 +37,28 @@ def _e2e_ms(latency_ms: dict | None) -> list[float]:
     return [float(sum(s[i] for s in series)) for i in range(n)]
 
 
-def fleet_snapshot(session: Session) -> pd.DataFrame:
-    """One row per unit with its inventory, state and latest heartbeat figures.
+#: Window over which the fleet table's request figures are computed (requests, errors, p95 e2e).
+#: A unit handles a few requests per minute at most, so one heartbeat rarely holds enough.
+SNAPSHOT_WINDOW = timedelta(minutes=15)
+
+
+def fleet_snapshot(session: Session, now: datetime, window: timedelta = SNAPSHOT_WINDOW) -> pd.DataFrame:
+    """One row per unit with its inventory, state, latest health figures and request figures.
+
+    Parameters
+    ----------
+    now
+        Aware UTC time the window ends at (the caller's clock).
+    window
+        Span of heartbeats behind ``requests``, ``errors`` and ``e2e_p95_ms``.
 
     Returns
     -------
     DataFrame
-        Columns :data:`SNAPSHOT_COLUMNS`; figures are NaN for a unit without a heartbeat.
-        ``e2e_p95_ms`` is the 95th percentile end-to-end latency of the requests in the latest
-        heartbeat, in ms. Sorted by serial.
+        Columns :data:`SNAPSHOT_COLUMNS`, sorted by serial. Health figures (``cpu_pct`` …) are
+        the latest heartbeat's, NaN for a unit never heard from. ``requests`` and ``errors`` are
+        sums over ``window``; ``e2e_p95_ms`` is the 95th percentile end-to-end latency (sum of
+        the six stages) of the requests in ``window``, ms, NaN without requests.
     """
     latest = (
         select(Heartbeat.unit_id, func.max(Heartbeat.id).label("hb_id"))
@@ -59,21 +72,28 @@ def fleet_snapshot(session: Session) -> pd.DataFrame:
             Unit.last_heartbeat_at, Unit.last_poll_error,
             Heartbeat.cpu_pct, Heartbeat.temp_c, Heartbeat.mem_pct, Heartbeat.disk_free_mb,
             Heartbeat.mic_noise_dbfs, Heartbeat.wifi_rssi_dbm, Heartbeat.wake_false_accepts_per_h,
-            Heartbeat.requests, Heartbeat.errors, Heartbeat.latency_ms,
         )
         .outerjoin(latest, latest.c.unit_id == Unit.id)
         .outerjoin(Heartbeat, Heartbeat.id == latest.c.hb_id)
         .order_by(Unit.serial)
     )
-    rows = session.execute(stmt).mappings().all()
-    df = pd.DataFrame([dict(r) for r in rows], columns=[*SNAPSHOT_COLUMNS, "latency_ms"])
-    df["e2e_p95_ms"] = [
-        float(np.percentile(e2e, 95)) if (e2e := _e2e_ms(lat)) else np.nan
-        for lat in df["latency_ms"]
-    ]
-    df = df.drop(columns=["latency_ms"])
+    df = pd.DataFrame([dict(r) for r in session.execute(stmt).mappings()],
+                      columns=[c for c in SNAPSHOT_COLUMNS if c not in ("requests", "errors", "e2e_p95_ms")])
+
+    requests: dict[int, int] = {}
+    errors: dict[int, int] = {}
+    e2e: dict[int, list[float]] = {}
+    recent = select(Heartbeat.unit_id, Heartbeat.requests, Heartbeat.errors, Heartbeat.latency_ms).where(
+        Heartbeat.received_at > now - window, Heartbeat.received_at <= now)
+    for unit_id, n_req, n_err, latency in session.execute(recent):
+        requests[unit_id] = requests.get(unit_id, 0) + n_req
+        errors[unit_id] = errors.get(unit_id, 0) + n_err
+        e2e.setdefault(unit_id, []).extend(_e2e_ms(latency))
+    df["requests"] = [float(requests.get(i, np.nan)) for i in df["id"]]
+    df["errors"] = [float(errors.get(i, np.nan)) for i in df["id"]]
+    df["e2e_p95_ms"] = [float(np.percentile(v, 95)) if (v := e2e.get(i)) else np.nan for i in df["id"]]
     for col in ("cpu_pct", "temp_c", "mem_pct", "disk_free_mb", "mic_noise_dbfs",
-                "wifi_rssi_dbm", "wake_false_accepts_per_h", "requests", "errors"):
+                "wifi_rssi_dbm", "wake_false_accepts_per_h"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     return df[list(SNAPSHOT_COLUMNS)].reset_index(drop=True)
 

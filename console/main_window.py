@@ -1,0 +1,305 @@
+"""The main window "SpeakerOps": navigation on the left, one page per entry, and a status bar
+telling which database is open and what the collector is doing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from importlib.resources import as_file, files
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QObject, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QIcon, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QMainWindow,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from console.bootstrap import AppContext
+from console.errors import ErrorReporter
+from console.formatting import format_age, format_local_time, format_number
+from console.jobs import Executors, Job
+from console.pages.fleet import FleetPage
+from console.pages.stub import PLANNED_PAGES, StubPage
+from console.theme import THEMES, Theme
+from fleet.queries import collector_statuses
+
+logger = logging.getLogger(__name__)
+
+#: Navigation entries, in order.
+NAV_ENTRIES: tuple[str, ...] = ("Fleet", *(p.name for p in PLANNED_PAGES))
+
+
+def read_collector_statuses(session_factory: Callable[[], Any]) -> list[dict[str, Any]]:
+    """Every collector's latest cycle as plain dicts, newest first (worker thread)."""
+    keys = ("name", "started_at", "last_cycle_at", "cycle_s", "interval_s", "units_polled",
+            "units_ok", "units_failed", "pending_rows", "last_error")
+    with session_factory() as session:
+        return [{k: getattr(row, k) for k in keys} for row in collector_statuses(session)]
+
+
+class CollectorBridge(QObject):
+    """Adapts the collector's plain ``on_cycle`` callback (its own thread) to a queued signal."""
+
+    sig_cycle = Signal(object)  # fleet.collector.CycleResult
+
+    def deliver(self, result: Any) -> None:
+        """Called on the collector's thread; the signal reaches the GUI thread queued."""
+        self.sig_cycle.emit(result)
+
+
+class MainWindow(QMainWindow):
+    """The console's window.
+
+    Parameters
+    ----------
+    ctx
+        The composition root's context (database, clock, collector).
+    executors
+        Job executors shared by the pages.
+    reporter
+        The error reporter (dialogs are parented to this window).
+    theme
+        Initial theme.
+    qsettings
+        Where window geometry is kept; default ``QSettings("speakerops", "console")``.
+    refresh_interval_s
+        Fleet page refresh period while visible, seconds.
+    """
+
+    sig_theme_changed = Signal(str)
+
+    def __init__(self, ctx: AppContext, executors: Executors, reporter: ErrorReporter,
+                 theme: Theme, *, qsettings: QSettings | None = None,
+                 refresh_interval_s: float = 2.0) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.executors = executors
+        self.reporter = reporter
+        self.theme = theme
+        self._qsettings = qsettings or QSettings("speakerops", "console")
+        self._last_cycle: Any = None
+        self._status_job: Job | None = None
+        self._shut_down = False
+        reporter.set_parent_widget(self)
+        self.setWindowTitle("SpeakerOps")
+        with as_file(files("resources") / "speakerops.svg") as icon_path:
+            self.setWindowIcon(QIcon(str(icon_path)))
+
+        self.nav = QListWidget()
+        self.nav.setObjectName("navList")
+        self.nav.addItems(list(NAV_ENTRIES))
+        self.stack = QStackedWidget()
+        self.fleet_page = FleetPage(ctx.session_factory, ctx.clock, executors, reporter, theme,
+                                    refresh_interval_s=refresh_interval_s)
+        self.stack.addWidget(self.fleet_page)
+        self.stub_pages = [StubPage(p) for p in PLANNED_PAGES]
+        for page in self.stub_pages:
+            self.stack.addWidget(page)
+        app_title = QLabel("SpeakerOps")
+        app_title.setObjectName("appTitle")
+        left = QWidget()
+        left.setFixedWidth(168)
+        left_col = QVBoxLayout(left)
+        left_col.setContentsMargins(0, 0, 0, 0)
+        left_col.setSpacing(0)
+        left_col.addWidget(app_title)
+        left_col.addWidget(self.nav, 1)
+        central = QWidget()
+        row = QHBoxLayout(central)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(0)
+        row.addWidget(left)
+        row.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+        self.nav.currentRowChanged.connect(self._on_nav_current_row_changed)
+        self.nav.setCurrentRow(0)
+
+        self.db_label = QLabel(f"Database: {ctx.db_description} ({ctx.db_backend})")
+        self.db_label.setToolTip("SPEAKEROPS_DB_URL selects the database; SQLite is the default.")
+        self.collector_label = QLabel()
+        self.collector_warning = QLabel()
+        self.collector_warning.setObjectName("warning")
+        self.collector_warning.hide()
+        bar = self.statusBar()
+        bar.setSizeGripEnabled(False)
+        bar.addWidget(self.db_label)
+        bar.addPermanentWidget(self.collector_warning)
+        bar.addPermanentWidget(self.collector_label)
+
+        self._build_menus()
+        self.bridge = CollectorBridge()
+        self.bridge.sig_cycle.connect(self._on_bridge_cycle, Qt.ConnectionType.QueuedConnection)
+        ctx.add_cycle_listener(self.bridge.deliver)
+        self.status_timer = QTimer(self)
+        self.status_timer.setInterval(5000)
+        self.status_timer.timeout.connect(self._on_status_timer_timeout)
+        self.status_timer.start()
+        self._update_collector_status()
+        self._restore_geometry()
+
+    # -- menus and theme ----------------------------------------------------------------
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        file_menu.addAction(quit_action)
+        view = self.menuBar().addMenu("&View")
+        group = QActionGroup(self)
+        group.setExclusive(True)
+        self.theme_actions: dict[str, QAction] = {}
+        for name in THEMES:
+            action = QAction(f"{name.capitalize()} theme", self, checkable=True)
+            action.setChecked(name == self.theme.name)
+            action.triggered.connect(lambda _=False, n=name: self.set_theme(n))
+            group.addAction(action)
+            view.addAction(action)
+            self.theme_actions[name] = action
+        self.toggle_theme_action = QAction("&Toggle dark/light", self)
+        self.toggle_theme_action.setShortcut(QKeySequence("Ctrl+T"))
+        self.toggle_theme_action.triggered.connect(self._on_toggle_theme_triggered)
+        view.addAction(self.toggle_theme_action)
+        view.addSeparator()
+        for i, name in enumerate(NAV_ENTRIES):
+            action = QAction(name, self)
+            action.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
+            action.triggered.connect(lambda _=False, r=i: self.nav.setCurrentRow(r))
+            view.addAction(action)
+
+    def set_theme(self, name: str) -> None:
+        """Switch to theme ``name`` (``"dark"``/``"light"``): stylesheet, palette, plots."""
+        theme = THEMES[name]
+        self.theme = theme
+        app = QApplication.instance()
+        if isinstance(app, QApplication):
+            theme.apply(app)
+        self.fleet_page.apply_theme(theme)
+        self.theme_actions[name].setChecked(True)
+        self.sig_theme_changed.emit(name)
+
+    def _on_toggle_theme_triggered(self) -> None:
+        self.set_theme("light" if self.theme.is_dark else "dark")
+
+    # -- navigation ---------------------------------------------------------------------
+    def show_page(self, name: str) -> QWidget:
+        """Show the page of navigation entry ``name`` and return it.
+
+        Raises
+        ------
+        ValueError
+            For a name not in :data:`NAV_ENTRIES`.
+        """
+        self.nav.setCurrentRow(NAV_ENTRIES.index(name))
+        return self.stack.currentWidget()
+
+    def _on_nav_current_row_changed(self, row: int) -> None:
+        if row >= 0:
+            self.stack.setCurrentIndex(row)
+
+    # -- collector status ---------------------------------------------------------------
+    def _on_bridge_cycle(self, result: Any) -> None:
+        self._last_cycle = result
+        self._update_collector_status()
+
+    def _on_status_timer_timeout(self) -> None:
+        if self._shut_down:
+            return
+        self._update_collector_status()
+        if self.ctx.collector is None and (self._status_job is None or self._status_job.is_done):
+            self._status_job = (Job(read_collector_statuses, self.ctx.session_factory)
+                                .on_success(self._on_statuses_loaded)
+                                .on_failure(lambda exc: None)  # the fleet page reports DB trouble
+                                .start(self.executors.db, owner=self))
+
+    def _on_statuses_loaded(self, rows: list[dict[str, Any]]) -> None:
+        if self.ctx.collector is not None or not rows:
+            return
+        row = rows[0]
+        cycle = format_local_time(row["last_cycle_at"], zone=True)
+        self.collector_label.setText(
+            f"Collector {row['name']} (another process): last cycle {cycle} · "
+            f"{row['units_polled']:,} polled, {row['units_ok']:,} ok, {row['units_failed']:,} failed")
+        warnings = []
+        if row["pending_rows"]:
+            warnings.append(f"▲ {row['pending_rows']:,} heartbeats pending")
+        if row["last_error"]:
+            warnings.append(f"▲ {row['last_error']}")
+        self._set_warning(" · ".join(warnings))
+
+    def _set_warning(self, text: str) -> None:
+        self.collector_warning.setText(text)
+        self.collector_warning.setVisible(bool(text))
+
+    def _update_collector_status(self) -> None:
+        collector = self.ctx.collector
+        if collector is None:
+            if "another process" in self.collector_label.text():
+                return  # the latest row of collector_status is shown
+            self.collector_label.setText("Collector: not running in this console")
+            return
+        state = "running" if collector.is_running else "stopped"
+        cycle = self._last_cycle
+        if cycle is None:
+            self.collector_label.setText(f"Collector: {state} · waiting for the first cycle")
+            self._set_warning("")
+            return
+        ended = cycle.started_at + timedelta(seconds=cycle.duration_s)
+        self.collector_label.setText(
+            f"Collector: {state} · last cycle {format_local_time(ended, zone=True)} "
+            f"({format_number(cycle.duration_s, 1)} s) · {cycle.polled:,} polled, "
+            f"{cycle.ok:,} ok, {cycle.failed:,} failed")
+        warnings = []
+        if cycle.pending:
+            warnings.append(f"▲ {cycle.pending:,} heartbeats pending (not yet written)")
+        if cycle.db_error:
+            warnings.append(f"▲ Database write failed: {cycle.db_error}")
+        interval = getattr(getattr(collector, "collector", None), "settings", None)
+        interval_s = getattr(interval, "interval_s", None)
+        if collector.is_running and interval_s:
+            age = (self.ctx.clock() - ended).total_seconds()
+            if age > 3 * interval_s:
+                warnings.append(f"▲ no cycle for {format_age(age)}")
+        self._set_warning(" · ".join(warnings))
+
+    # -- geometry and shutdown ----------------------------------------------------------
+    def _restore_geometry(self) -> None:
+        geometry = self._qsettings.value("window/geometry")
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1500, 920)
+        splitter = self._qsettings.value("fleet/splitter")
+        if isinstance(splitter, QByteArray) and not splitter.isEmpty():
+            self.fleet_page.splitter.restoreState(splitter)
+
+    def save_geometry(self) -> None:
+        """Keep the window geometry (and the fleet splitter) in QSettings."""
+        self._qsettings.setValue("window/geometry", self.saveGeometry())
+        self._qsettings.setValue("fleet/splitter", self.fleet_page.splitter.saveState())
+        self._qsettings.sync()
+
+    def shutdown(self) -> None:
+        """Stop timers and listeners and cancel page jobs; idempotent. The executors and the
+        context are shut by their owner (``console.app.main``)."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self.status_timer.stop()
+        self.ctx.remove_cycle_listener(self.bridge.deliver)
+        self.fleet_page.shutdown()
+        if self._status_job is not None and not self._status_job.is_done:
+            self._status_job.cancel()
+        self.reporter.close_dialogs()
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        self.save_geometry()
+        self.shutdown()
+        super().closeEvent(event)
