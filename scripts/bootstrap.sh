@@ -50,5 +50,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # The local CPU wheel first: any other torch request pulls the CUDA build.
   pip_install "torch==2.13.0"
   pip_install -e ".[dev]"
+  # Resemblyzer's metadata pins the `typing` backport; its real needs are in pyproject.toml.
+  pip_install --no-deps "resemblyzer==0.1.4"
   echo "$want" > "$stamp"
 fi
