@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
@@ -49,6 +50,8 @@ class AppContext:
         Returns aware UTC now.
     collector : BackgroundCollector or None
         The collector polling units in the background, or None (``collect=False``).
+    models_root : Path or None
+        Where the voice loop's model bundles are (``<data_dir>/models``, as for the CLI).
     """
 
     settings: CoreSettings
@@ -57,6 +60,7 @@ class AppContext:
     session_factory: sessionmaker[Session]
     clock: Clock = utc_now
     collector: BackgroundCollector | None = None
+    models_root: Path | None = None
     _listeners: list[CycleListener] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _closed: bool = field(default=False, repr=False)
@@ -136,6 +140,7 @@ def build(db_url: str | None = None, clock: Clock = utc_now, collect: bool = Tru
     rt = build_runtime(db_url, clock)
     ctx = AppContext(settings=rt.settings, db_url=rt.db_url, engine=rt.engine,
                      session_factory=rt.session_factory, clock=clock)
+    ctx.models_root = rt.settings.data_dir / "models"
     logger.info("database %s (%s) at schema head", ctx.db_description, ctx.db_backend)
     if collect:
         collector = Collector(ctx.session_factory, clock=clock, settings=collector_settings or CollectorSettings())

@@ -26,6 +26,7 @@ from console.bootstrap import AppContext
 from console.errors import ErrorReporter
 from console.formatting import format_age, format_local_time, format_number
 from console.jobs import Executors, Job
+from console.pages.diagnostics import DiagnosticsPage
 from console.pages.fleet import FleetPage
 from console.pages.stub import PLANNED_PAGES, StubPage
 from console.theme import THEMES, Theme
@@ -100,9 +101,13 @@ class MainWindow(QMainWindow):
         self.fleet_page = FleetPage(ctx.session_factory, ctx.clock, executors, reporter, theme,
                                     refresh_interval_s=refresh_interval_s)
         self.stack.addWidget(self.fleet_page)
-        self.stub_pages = [StubPage(p) for p in PLANNED_PAGES]
-        for page in self.stub_pages:
-            self.stack.addWidget(page)
+        self.diagnostics_page = DiagnosticsPage(
+            ctx.models_root or ctx.settings.data_dir / "models", executors, reporter, theme,
+            reports_dir=ctx.settings.data_dir / "reports", clock=ctx.clock)
+        self.stub_pages = [StubPage(p) for p in PLANNED_PAGES if p.name != "Diagnostics"]
+        for p in PLANNED_PAGES:
+            self.stack.addWidget(self.diagnostics_page if p.name == "Diagnostics"
+                                 else next(s for s in self.stub_pages if s.page is p))
         app_title = QLabel("SpeakerOps")
         app_title.setObjectName("appTitle")
         left = QWidget()
@@ -182,6 +187,7 @@ class MainWindow(QMainWindow):
         if isinstance(app, QApplication):
             theme.apply(app)
         self.fleet_page.apply_theme(theme)
+        self.diagnostics_page.apply_theme(theme)
         self.theme_actions[name].setChecked(True)
         self.sig_theme_changed.emit(name)
 
@@ -295,6 +301,7 @@ class MainWindow(QMainWindow):
         self.status_timer.stop()
         self.ctx.remove_cycle_listener(self.bridge.deliver)
         self.fleet_page.shutdown()
+        self.diagnostics_page.shutdown()
         if self._status_job is not None and not self._status_job.is_done:
             self._status_job.cancel()
         self.reporter.close_dialogs()

@@ -273,6 +273,11 @@ def db_info(ctx: typer.Context, as_json: JsonOut = False, db_url: DbUrl = None) 
     _emit(data, as_json, "\n".join(f"{k}: {v}" for k, v in data.items()))
 
 
+from speakerops import cli_voice  # noqa: E402  (adds diagnose, evaluate, models build)
+
+cli_voice.register(app)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

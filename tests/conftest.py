@@ -103,3 +103,22 @@ def runtime(db_url: str, clock: FrozenClock) -> Iterator[Runtime]:
     rt = Runtime(CoreSettings(), db_url, engine, make_session_factory(engine), clock)
     yield rt
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model bundles (stt, qa int8 and fp32, tts), built once per test session (~40 s)."""
+    from inference_core.bundles import build_default_bundles
+
+    root = tmp_path_factory.mktemp("models")
+    build_default_bundles(root)
+    return root
+
+
+def espeak(text: str, out: Path, voice: str = "en-us", speed_wpm: int = 165) -> Path:
+    """Real speech: ``text`` spoken by Debian's espeak-ng into the WAV file ``out``."""
+    import subprocess
+
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-w", str(out), text],
+                   check=True, capture_output=True)
+    return out

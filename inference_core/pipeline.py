@@ -1,0 +1,389 @@
+"""The offline voice loop: decode → VAD → denoise → STT → QA → TTS, with per-stage timings.
+
+:class:`VoiceLoop` loads every model once (from model bundles, :mod:`inference_core.bundles`) and
+runs recordings through the same stages the service runs, reporting for each: the transcript (in
+domain, and the general-LM one beside it), intent, slots, the answer and its audio, the room
+(noise floor, SNR, speakers), MOS estimates, stage timings in ms, real-time factors, and a
+pass/fail line per service requirement (:data:`REQUIREMENTS`).
+
+Progress and cancellation are plain callables (``report(fraction, message)``, ``cancelled()``),
+never Qt signals. One bad file never stops a batch: its result carries ``error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+
+from inference_core.audio import Audio, load_audio
+from inference_core.bundles import DEFAULT_VERSIONS, MODEL_KINDS, Bundle, build_default_bundles, bundle_dir, load_bundle
+from inference_core.errors import AudioFormatError, InferenceError
+
+logger = logging.getLogger(__name__)
+
+Report = Callable[[float, str], None]
+Cancelled = Callable[[], bool]
+
+#: Stages timed by the loop, in order; ``server`` = stt + qa + tts (the server part of the budget).
+STAGES: tuple[str, ...] = ("decode", "vad", "denoise", "stt", "qa", "tts")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A service requirement with its target (from the service's specification)."""
+
+    key: str
+    label: str
+    target: float
+    unit: str
+    higher_is_better: bool
+
+    def passes(self, value: float) -> bool:
+        return value >= self.target if self.higher_is_better else value <= self.target
+
+
+#: The service requirements (the product specification): answer within 3 s end to end and the
+#: server part within 2 s, STT accuracy ≥ 90 %, answer accuracy ≥ 80 %, synthesized speech
+#: MOS ≥ 4.0, tell apart up to 2 speakers.
+REQUIREMENTS: dict[str, Requirement] = {r.key: r for r in (
+    Requirement("server_latency", "Server part ≤ 2 s", 2000.0, "ms", False),
+    Requirement("end_to_end_latency", "End to end ≤ 3 s", 3000.0, "ms", False),
+    Requirement("stt_accuracy", "STT accuracy ≥ 90 %", 0.90, "", True),
+    Requirement("answer_accuracy", "Answer accuracy ≥ 80 %", 0.80, "", True),
+    Requirement("mos", "Synthesized speech MOS ≥ 4.0", 4.0, "", True),
+    Requirement("speakers", "Up to 2 speakers", 2.0, "speakers", False),
+)}
+
+#: Time outside the server that an answer also needs (wake, upload, playback start), ms, used to
+#: turn the loop's server time into an end-to-end estimate. Source: the simulator's stage medians
+#: (fleet/simulator/behaviour.py STAGE_MEDIAN_MS: wake 150 + upload 250 + first audio ~200).
+CLIENT_OVERHEAD_MS = 600.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One requirement checked on one recording: ``passed`` is None when it does not apply."""
+
+    key: str
+    label: str
+    value: float | None
+    passed: bool | None
+    note: str = ""
+
+
+@dataclass
+class LoopOptions:
+    """What the loop runs besides the service's own stages (each costs time)."""
+
+    denoise: str = "rnnoise"
+    stt_mode: str = "lm"
+    general_transcript: bool = True
+    mos: bool = True
+    speakers: bool = True
+    synthesize: bool = True
+
+
+@dataclass
+class LoopResult:
+    """Everything the loop found for one recording (see :meth:`to_dict` for the JSON shape)."""
+
+    audio: str
+    error: str | None = None
+    duration_s: float = 0.0
+    speech: bool = False
+    segments: list[tuple[float, float]] = field(default_factory=list)
+    transcript: str = ""
+    transcript_confidence: float = 0.0
+    rejected: bool = False
+    general_transcript: str | None = None
+    reference: str | None = None
+    wer: float | None = None
+    cer: float | None = None
+    alignment: str | None = None
+    intent: str = "none"
+    feature: str = "none"
+    slots: dict[str, str] = field(default_factory=dict)
+    intent_confidence: float = 0.0
+    reference_intent: str | None = None
+    answer: str | None = None
+    answer_audio: np.ndarray | None = None
+    denoise_method: str | None = None
+    noise_in_dbfs: float | None = None
+    noise_out_dbfs: float | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+    speakers: int | None = None
+    expected_speakers: int | None = None
+    mos_input: dict[str, float] | None = None
+    mos_answer: dict[str, float] | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    rtf: dict[str, float] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: every field but the answer's samples; times in ms, RTF unitless."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("answer_audio", "checks")}
+        out["checks"] = [c.__dict__ for c in self.checks]
+        out["segments"] = [list(s) for s in self.segments]
+        return out
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """A recording to run, with whatever ground truth is known."""
+
+    audio: Path | str
+    text: str | None = None
+    intent: str | None = None
+    speakers: int | None = None
+
+
+class VoiceLoop:
+    """The service's voice loop, run locally on recordings.
+
+    Parameters
+    ----------
+    bundles
+        One verified bundle per kind (``stt``, ``qa``, ``tts``): the model versions to run.
+    options
+        Optional stages (denoise method, general transcript, MOS, speaker count, TTS).
+
+    Raises
+    ------
+    ModelLoadError
+        If a bundle cannot be loaded.
+    """
+
+    def __init__(self, bundles: dict[str, Bundle], options: LoopOptions | None = None, clock=None) -> None:
+        from inference_core.answers import Answerer
+        from inference_core.qa import IntentClassifier
+        from inference_core.stt import GeneralRecognizer, Recognizer
+        from inference_core.templates import TemplateSet
+        from inference_core.tts import Synthesizer
+        from inference_core.vad import SileroVad
+        from speakerops.timeutil import utc_now
+
+        t0 = time.perf_counter()
+        self.options = options or LoopOptions()
+        self.bundles = dict(bundles)
+        missing = [k for k in MODEL_KINDS if k not in bundles]
+        if missing:
+            raise InferenceError(f"no bundle given for {', '.join(missing)}")
+        self.templates = TemplateSet.load(bundles["qa"].file("templates.ini"))
+        self.recognizer = Recognizer(bundles["stt"].path, mode=self.options.stt_mode)
+        self.classifier = IntentClassifier(bundles["qa"].path, self.templates)
+        self.answerer = Answerer(clock=clock or utc_now)
+        voice = dict(bundles["tts"].metadata)
+        self.synthesizer = Synthesizer(voice=voice.get("voice", "en-us"), speed_wpm=voice.get("speed_wpm", 165),
+                                       pitch=voice.get("pitch", 50))
+        self.vad = SileroVad()
+        self._general = GeneralRecognizer() if self.options.general_transcript else None
+        self._mos = None
+        self._speakers = None
+        self._lock = threading.Lock()
+        self.load_ms = (time.perf_counter() - t0) * 1000
+        logger.info("voice loop loaded in %.0f ms: %s", self.load_ms, self.versions)
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {k: b.version for k, b in self.bundles.items()}
+
+    @classmethod
+    def from_root(cls, root: Path, versions: dict[str, str] | None = None, options: LoopOptions | None = None,
+                  build_missing: bool = True, clock=None) -> VoiceLoop:
+        """Load the loop from the bundles under ``root`` (``<root>/<kind>/<version>``).
+
+        ``versions`` picks a version per kind (default :data:`DEFAULT_VERSIONS`). With
+        ``build_missing`` the default bundles are built first if absent (once, ~20 s).
+        """
+        chosen = {**DEFAULT_VERSIONS, **(versions or {})}
+        if build_missing and any(not (bundle_dir(root, k, v) / "manifest.json").is_file()
+                                 for k, v in chosen.items() if v == DEFAULT_VERSIONS.get(k)):
+            logger.warning("building the default model bundles in %s (first use)", root)
+            build_default_bundles(root)
+        bundles = {k: load_bundle(bundle_dir(root, k, v)) for k, v in chosen.items()}
+        return cls(bundles, options, clock)
+
+    # -- lazily loaded measures ---------------------------------------------------------------
+    def _mos_estimator(self):
+        with self._lock:
+            if self._mos is None:
+                from inference_core.quality import MosEstimator
+                self._mos = MosEstimator()
+            return self._mos
+
+    def _speaker_counter(self):
+        with self._lock:
+            if self._speakers is None:
+                from inference_core.quality import SpeakerCounter
+                self._speakers = SpeakerCounter()
+            return self._speakers
+
+    # -- one recording ------------------------------------------------------------------------
+    def run(self, source: Path | str | bytes | Audio, reference: str | None = None,
+            expected_intent: str | None = None, expected_speakers: int | None = None) -> LoopResult:
+        """Run one recording through the loop. Never raises for bad audio: see ``error``.
+
+        ``reference`` (what was said), ``expected_intent`` and ``expected_speakers`` are optional
+        ground truth: with them the result carries WER, the alignment and the requirement checks.
+        """
+        from inference_core.quality import environment
+
+        name = source.source if isinstance(source, Audio) else ("<bytes>" if isinstance(source, bytes) else str(source))
+        result = LoopResult(audio=name, reference=reference, expected_speakers=expected_speakers)
+        t = time.perf_counter()
+        timings = result.timings_ms
+        try:
+            audio = source if isinstance(source, Audio) else load_audio(source)
+        except AudioFormatError as exc:
+            result.error = str(exc)
+            return result
+        timings["decode"] = _ms(t)
+        result.duration_s = audio.duration_s
+        samples = audio.samples
+
+        t = time.perf_counter()
+        segments = self.vad.segments(samples, audio.sample_rate)
+        timings["vad"] = _ms(t)
+        result.segments = [(s.start_s, s.end_s) for s in segments]
+        result.speech = bool(segments)
+        result.environment = environment(samples, audio.sample_rate, result.segments)
+
+        if self.options.speakers:
+            result.speakers = self._speaker_counter().count(samples, audio.sample_rate, result.segments).n
+        if self.options.mos and result.speech:
+            result.mos_input = self._mos_estimator().estimate(samples, audio.sample_rate).__dict__
+
+        if result.speech:
+            t = time.perf_counter()
+            den = self._denoise(samples, audio.sample_rate)
+            timings["denoise"] = _ms(t)
+            result.denoise_method, result.noise_in_dbfs, result.noise_out_dbfs = (
+                den.method, den.noise_in_dbfs, den.noise_out_dbfs)
+            t = time.perf_counter()
+            tr = self.recognizer.transcribe(den.samples)
+            timings["stt"] = _ms(t)
+            result.transcript, result.transcript_confidence, result.rejected = tr.text, tr.confidence, tr.rejected
+            if self._general is not None:
+                result.general_transcript = self._general.transcribe(den.samples).text
+        else:
+            timings["denoise"] = timings["stt"] = 0.0
+
+        t = time.perf_counter()
+        text = "" if result.rejected else result.transcript
+        intent = self.classifier.classify(text)
+        result.intent, result.feature, result.slots = intent.intent, intent.feature, dict(intent.slots)
+        result.intent_confidence = intent.confidence
+        answer = self.answerer.answer(intent) if result.speech else None
+        timings["qa"] = _ms(t)
+        result.answer = answer.text if answer else None
+
+        if self.options.synthesize and answer is not None and answer.text:
+            t = time.perf_counter()
+            syn = self.synthesizer.synthesize(answer.text)
+            timings["tts"] = _ms(t)
+            result.answer_audio = syn.samples
+            if self.options.mos:
+                result.mos_answer = self._mos_estimator().estimate(syn.samples, syn.sample_rate).__dict__
+        else:
+            timings["tts"] = 0.0
+        timings["server"] = timings["stt"] + timings["qa"] + timings["tts"]
+        timings["end_to_end"] = sum(timings[s] for s in STAGES)
+        if audio.duration_s > 0:
+            result.rtf = {"stt": timings["stt"] / 1000 / audio.duration_s,
+                          "end_to_end": timings["end_to_end"] / 1000 / audio.duration_s}
+        if reference is not None:
+            self._score_against_reference(result, reference, expected_intent)
+        elif expected_intent is not None:
+            result.reference_intent = expected_intent
+        result.checks = requirement_checks(result)
+        return result
+
+    def _denoise(self, samples: np.ndarray, rate: int):
+        from inference_core.denoise import denoise
+        return denoise(samples, rate, method=self.options.denoise)
+
+    def _score_against_reference(self, result: LoopResult, reference: str, expected_intent: str | None) -> None:
+        ref = normalize_text(reference)
+        hyp = normalize_text(result.transcript)
+        if ref:
+            words = jiwer.process_words(ref, hyp)
+            result.wer = float(words.wer)
+            result.cer = float(jiwer.cer(ref, hyp))
+            result.alignment = jiwer.visualize_alignment(words, show_measures=False).strip()
+        # QA on the reference separates STT errors from QA errors
+        result.reference_intent = expected_intent or self.classifier.classify(ref).intent
+
+    def run_batch(self, items: Iterable[Utterance], report: Report | None = None,
+                  cancelled: Cancelled | None = None) -> Iterator[LoopResult]:
+        """Run utterances one by one; a bad file yields a result with ``error`` and the batch goes
+        on. Stops early (without error) when ``cancelled()`` turns true."""
+        items = list(items)
+        total = len(items)
+        for i, u in enumerate(items):
+            if cancelled is not None and cancelled():
+                logger.info("batch cancelled after %d of %d", i, total)
+                return
+            if report is not None:
+                report(i / max(total, 1), f"{Path(str(u.audio)).name} ({i + 1}/{total})")
+            try:
+                yield self.run(u.audio, u.text, u.intent, u.speakers)
+            except Exception as exc:  # a bug in one stage must not lose the rest of the batch
+                logger.exception("loop failed on %s", u.audio)
+                yield LoopResult(audio=str(u.audio), reference=u.text, error=f"internal error: {exc!r}")
+        if report is not None:
+            report(1.0, "done")
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000
+
+
+def normalize_text(text: str | None) -> str:
+    """Lower case, letters/digits/apostrophes only, single spaces (the WER convention here)."""
+    if not text:
+        return ""
+    import re
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def requirement_checks(r: LoopResult) -> list[Check]:
+    """Pass/fail per service requirement for one recording (None where it does not apply)."""
+    req = REQUIREMENTS
+    checks = []
+    server = r.timings_ms.get("server")
+    checks.append(Check("server_latency", req["server_latency"].label, server,
+                        None if server is None else req["server_latency"].passes(server)))
+    e2e = None if server is None else server + r.timings_ms.get("decode", 0) + r.timings_ms.get("vad", 0) \
+        + r.timings_ms.get("denoise", 0) + CLIENT_OVERHEAD_MS
+    checks.append(Check("end_to_end_latency", req["end_to_end_latency"].label, e2e,
+                        None if e2e is None else req["end_to_end_latency"].passes(e2e),
+                        f"loop time + {CLIENT_OVERHEAD_MS:.0f} ms for wake, upload and playback start"))
+    acc = None if r.wer is None else max(0.0, 1.0 - r.wer)
+    checks.append(Check("stt_accuracy", req["stt_accuracy"].label, acc,
+                        None if acc is None else req["stt_accuracy"].passes(acc),
+                        "" if acc is not None else "needs a reference transcript"))
+    if r.reference_intent is not None:
+        ok = float(r.intent == r.reference_intent)
+        checks.append(Check("answer_accuracy", req["answer_accuracy"].label, ok, bool(ok),
+                            f"intent {r.intent} vs expected {r.reference_intent}"))
+    else:
+        checks.append(Check("answer_accuracy", req["answer_accuracy"].label, None, None,
+                            "needs a reference transcript or intent"))
+    mos = r.mos_answer["ovrl"] if r.mos_answer else None
+    checks.append(Check("mos", req["mos"].label, mos, None if mos is None else req["mos"].passes(mos),
+                        "DNSMOS P.835 OVRL of the synthesized answer (an estimate, not a listening test)"))
+    if r.speakers is not None and r.expected_speakers is not None:
+        checks.append(Check("speakers", req["speakers"].label, float(r.speakers), r.speakers == r.expected_speakers,
+                            f"counted {r.speakers}, expected {r.expected_speakers}"))
+    else:
+        checks.append(Check("speakers", req["speakers"].label, None if r.speakers is None else float(r.speakers),
+                            None, "counted; needs the expected speaker count to judge"))
+    return checks

@@ -1,0 +1,445 @@
+"""Offline speech recognition with pocketsphinx 5, compiled from the sentence templates.
+
+As in Rhasspy and Home Assistant's Speech-to-Phrase (FIELD_NOTES, "Recognition the way the field
+does it"), the service's templates (:mod:`inference_core.templates`) compile into a *language
+pack*: a JSGF grammar, an n-gram language model of sentences sampled from the templates, and the
+pronunciation dictionary trimmed to their words. :class:`Recognizer` decodes with the pack (the
+n-gram LM by default: it also accepts word orders the templates never spelled out) and marks
+out-of-domain speech ``rejected``; :class:`GeneralRecognizer` decodes with pocketsphinx's general
+English LM, the transcript technicians see beside the in-domain one.
+
+FIELD_NOTES' figures for espeak-ng commands: WER 0.47-0.86 with the general LM, 0.18 with a domain
+LM that never saw the test sentences, 0.00 with a grammar covering them; RTF 0.38 / 0.07 / 0.03.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pocketsphinx
+import soxr
+from pocketsphinx.lm import ArpaBoLM
+
+from inference_core.errors import ModelLoadError, TemplateError
+from inference_core.templates import TemplateSet
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # Hz: pocketsphinx's en-us acoustic model is a 16 kHz model
+#: Dither added before the int16 conversion (std, full scale = 1): FIELD_NOTES — exact-zero silence
+#: hurts pocketsphinx (domain-LM WER 0.15 → 0.00 with Gaussian dither of std ≈ 1e-3).
+DITHER_STD = 1e-3
+DITHER_SEED = 0
+#: Shortest audio worth decoding (s): less than two 10 ms frames of MFCC context is no speech.
+MIN_SECONDS = 0.1
+#: Floor of the speech-frame count the score gap is averaged over (10 ms frames): 0.1 s.
+MIN_SPEECH_FRAMES = 10
+PACK_FILES = ("grammar.jsgf", "lm.arpa", "words.dict", "pack.json")
+#: ARPAbet phones of the en-us acoustic model (``pocketsphinx/model/en-us/en-us/mdef``).
+PHONES = frozenset("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T "
+                   "TH UH UW V W Y Z ZH".split())
+
+#: Logistic calibration of :attr:`Transcript.confidence`: ``(centre, scale)`` of the score gap
+#: (logmath units per speech frame) between the decoder's best path and a free phone loop. Measured
+#: with ``benchmarks/stt_speed.py --calibrate`` on espeak-ng speech (voices en-us, en-us+f3, en-us+m3)
+#: of 48 template sentences (3 per intent) and 36 out-of-domain ones (the templates' [none] examples
+#: and 18 more): the centre is the gap with the best balanced accuracy (lm 0.85, jsgf 0.91); the scale
+#: puts the median in-domain sentence near 0.9 and the median out-of-domain one below 0.15. The
+#: general LM covers any English, so its centre is just the median gap of correctly spoken commands.
+CALIBRATION = {"lm": (-15.0, 4.0), "jsgf": (6.5, 5.0), "general": (-21.0, 5.0)}
+
+
+# -- language pack --------------------------------------------------------------------------------
+def build_language_pack(templates: TemplateSet, out_dir: Path, *, holdout: Collection[str] = (),
+                        sentences_per_intent: int = 2000, seed: int = 0,
+                        pronunciations: Mapping[str, str] | None = None) -> Path:
+    """Compile ``templates`` into the files :class:`Recognizer` loads.
+
+    Writes ``grammar.jsgf`` (:meth:`TemplateSet.to_jsgf`), ``lm.arpa`` (a trigram LM with
+    pocketsphinx's ``ArpaBoLM``, fixed discount mass 0.5, over up to ``sentences_per_intent``
+    sentences of each in-domain intent, plus every template word as a unigram), ``words.dict``
+    (pocketsphinx's cmudict trimmed to the vocabulary, all variants of each word) and
+    ``pack.json`` (vocabulary size, sentence count, pocketsphinx version, sha256 of the template
+    file's text, pronunciations that had to be generated). The same inputs give byte-identical files.
+
+    Parameters
+    ----------
+    templates : TemplateSet
+        The service's templates (the ``none`` intent is not compiled).
+    out_dir : Path
+        Created if missing; the four files are overwritten.
+    holdout : collection of str
+        Sentences to leave out of the LM's training text (compared lower-cased, spaces collapsed),
+        so an evaluation can test phrasings the LM never saw. The grammar covers all templates.
+    sentences_per_intent : int
+        Default 2000: every sentence of the small intents, a uniform sample (seeded) of the large
+        ones (``schedule.add`` has 1.8 M).
+    seed : int
+        Seed of the sampling.
+    pronunciations : mapping of str to str, optional
+        Pronunciations to use over cmudict's (``{"busan": "B UW S AA N"}``, ARPAbet, no stress).
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+
+    Raises
+    ------
+    TemplateError
+        A word has no pronunciation in cmudict or ``pronunciations`` and none can be generated
+        (espeak-ng missing; pocketsphinx 5 has no g2p of its own): the message names the word and
+        the template lines that use it. Also when the templates produce no sentence.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    norm = {" ".join(s.lower().split()) for s in holdout}
+    examples = templates.sentences(limit_per_intent=sentences_per_intent, seed=seed)
+    sentences = list(dict.fromkeys(ex.text for ex in examples if ex.text not in norm))
+    if not sentences:
+        raise TemplateError(f"{templates.source}: the templates produce no in-domain sentence (after holdout); "
+                            "add at least one [feature.action] section")
+    vocab = sorted(templates.vocabulary())
+    lines, generated = _trimmed_dictionary(vocab, templates, pronunciations or {})
+
+    (out_dir / "grammar.jsgf").write_text(templates.to_jsgf(), encoding="utf-8")
+    lm = ArpaBoLM(text="\n".join(sentences) + "\n", add_start=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:  # every word a unigram, even if unsampled
+        word_file = Path(tmp) / "vocab.txt"
+        word_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        lm.read_word_file(str(word_file))
+    lm.compute()
+    with open(out_dir / "lm.arpa", "w", encoding="utf-8", newline="\n") as f:
+        lm.write(f)
+    (out_dir / "words.dict").write_text("".join(lines), encoding="utf-8")
+    info = {
+        "format": 1,
+        "templates_source": templates.source,
+        "templates_sha256": _templates_sha256(templates),
+        "pocketsphinx_version": importlib.metadata.version("pocketsphinx"),
+        "vocabulary_size": len(vocab),
+        "dictionary_entries": len(lines),
+        "sentence_count": len(sentences),
+        "holdout_dropped": len({ex.text for ex in examples} & norm),
+        "sentences_per_intent": sentences_per_intent,
+        "seed": seed,
+        "intents": templates.in_domain_intents,
+        "generated_pronunciations": generated,
+    }
+    (out_dir / "pack.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    logger.info("language pack %s: %d words, %d sentences", out_dir, len(vocab), len(sentences))
+    return out_dir
+
+
+def _templates_sha256(templates: TemplateSet) -> str:
+    """sha256 of the template file's text; for templates not loaded from a file, of their JSGF."""
+    path = Path(templates.source)
+    text = path.read_text(encoding="utf-8") if templates.source != "<string>" and path.is_file() else templates.to_jsgf()
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _trimmed_dictionary(vocab: list[str], templates: TemplateSet, overrides: Mapping[str, str]
+                        ) -> tuple[list[str], dict[str, str]]:
+    wanted = set(vocab)
+    entries: dict[str, list[str]] = {}
+    with open(pocketsphinx.get_model_path("en-us/cmudict-en-us.dict"), encoding="utf-8") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0] if line.strip() else ""
+            word = head.split("(", 1)[0]
+            if word in wanted and word not in overrides:
+                entries.setdefault(word, []).append(line.split(maxsplit=1)[1].strip())
+    for word, phones in overrides.items():
+        bad = [p for p in phones.split() if p not in PHONES]
+        if bad:
+            raise TemplateError(f"pronunciation of {word!r} uses {bad}, not phones of the en-us model; "
+                                f"use ARPAbet without stress: {' '.join(sorted(PHONES))}")
+        entries[word] = [" ".join(phones.split())]
+    missing = [w for w in vocab if w not in entries]
+    generated = _g2p(missing) if missing else {}
+    for word in missing:
+        if word not in generated:
+            raise TemplateError(f"no pronunciation for {word!r} (used at {_word_origins(templates, word)}): it is not "
+                                "in pocketsphinx's cmudict and espeak-ng is not installed to generate one; pass "
+                                "pronunciations={...} or use a word cmudict knows")
+        logger.warning("no cmudict pronunciation for %r; generated %r with espeak-ng", word, generated[word])
+        entries[word] = [generated[word]]
+    lines = [f"{w if i == 0 else f'{w}({i + 1})'} {p}\n" for w in vocab for i, p in enumerate(entries[w])]
+    return lines, generated
+
+
+def _word_origins(templates: TemplateSet, word: str) -> str:
+    path = Path(templates.source)
+    hits: list[str] = []
+    if path.is_file():
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if re.search(rf"(?<![a-z']){re.escape(word)}(?![a-z'])", line.split("#", 1)[0].lower()):
+                hits.append(f"{path.name}:{n}: {line.strip()!r}")
+    else:
+        hits = [f"{t.intent} line {t.line}: {t.text!r}" for ts in templates.intents.values() for t in ts
+                if re.search(rf"(?<![a-z']){re.escape(word)}(?![a-z'])", t.text)]
+    return "; ".join(hits[:3]) or "a slot list"
+
+
+# espeak-ng IPA → ARPAbet, longest match first. On 400 random cmudict words (mostly names) the
+# result matched one of cmudict's pronunciations exactly for 57 % of words, phone error rate 11 %.
+_IPA = [("aɪɚ", "AY ER"), ("aɪə", "AY AH"), ("ɑːɹ", "AA R"), ("ɔːɹ", "AO R"), ("oːɹ", "AO R"), ("ɜːɹ", "ER"),
+        ("ɚɹ", "ER"), ("eɪ", "EY"), ("aɪ", "AY"), ("aʊ", "AW"), ("ɔɪ", "OY"), ("oʊ", "OW"), ("əʊ", "OW"),
+        ("ɛɹ", "EH R"), ("ɪɹ", "IH R"), ("ʊɹ", "UH R"), ("iː", "IY"), ("uː", "UW"), ("ɑː", "AA"), ("ɔː", "AO"),
+        ("ɜː", "ER"), ("tʃ", "CH"), ("dʒ", "JH"), ("n̩", "AH N"), ("l̩", "AH L"), ("m̩", "AH M"), ("ɚ", "ER"),
+        ("ɝ", "ER"), ("i", "IY"), ("ɪ", "IH"), ("e", "EH"), ("ɛ", "EH"), ("æ", "AE"), ("a", "AA"), ("ɑ", "AA"),
+        ("ɒ", "AA"), ("ɔ", "AO"), ("o", "OW"), ("ʊ", "UH"), ("u", "UW"), ("ʌ", "AH"), ("ə", "AH"), ("ɐ", "AH"),
+        ("ᵻ", "IH"), ("ɨ", "IH"), ("p", "P"), ("b", "B"), ("t", "T"), ("d", "D"), ("k", "K"), ("ɡ", "G"),
+        ("g", "G"), ("f", "F"), ("v", "V"), ("θ", "TH"), ("ð", "DH"), ("s", "S"), ("z", "Z"), ("ʃ", "SH"),
+        ("ʒ", "ZH"), ("h", "HH"), ("m", "M"), ("n", "N"), ("ŋ", "NG"), ("l", "L"), ("ɫ", "L"), ("ɹ", "R"),
+        ("r", "R"), ("w", "W"), ("j", "Y"), ("ɾ", "T"), ("ʔ", "T"), ("x", "K"), ("ç", "HH"), ("ʍ", "W")]
+_IPA_SKIP = set("ˈˌː\u200d\u0303-. ")
+
+
+def _g2p(words: list[str]) -> dict[str, str]:
+    """Pronunciations from espeak-ng's IPA (``{}`` when espeak-ng is not installed)."""
+    exe = shutil.which("espeak-ng")
+    if exe is None or not words:
+        return {}
+    try:
+        out = subprocess.run([exe, "-q", "-v", "en-us", "--ipa"], input="\n".join(words) + "\n",
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("espeak-ng g2p failed: %s", exc)
+        return {}
+    result = {}
+    for word, ipa in zip(words, [ln.strip() for ln in out.splitlines() if ln.strip()], strict=False):
+        phones = _ipa_to_arpabet(ipa)
+        if phones:
+            result[word] = " ".join(phones)
+    return result
+
+
+def _ipa_to_arpabet(ipa: str) -> list[str] | None:
+    out: list[str] = []
+    i = 0
+    while i < len(ipa):
+        if ipa[i] in _IPA_SKIP:
+            i += 1
+            continue
+        for key, phones in _IPA:
+            if ipa.startswith(key, i):
+                for p in phones.split():
+                    if not (p == "R" and out and out[-1] in ("R", "ER")):
+                        out.append(p)
+                i += len(key)
+                break
+        else:
+            return None  # a symbol outside the table: no guess
+    return out or None
+
+
+# -- recognition ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Transcript:
+    """What the recognizer heard.
+
+    Attributes
+    ----------
+    text : str
+        Lower-case words separated by single spaces; ``""`` when nothing was heard.
+    words : list of str
+        ``text.split()``.
+    confidence : float
+        In [0, 1]: a logistic function of the per-frame score gap between the decoder's best path
+        and a free phone loop over the same audio (a garbage model: the best any word sequence
+        could score). Speech the pack covers scores close to the phone loop; out-of-domain speech,
+        forced onto in-domain words, far below it. 0.5 at the calibrated centre
+        (:data:`CALIBRATION`); 0 when nothing was heard.
+    rejected : bool
+        True when ``confidence`` is below the recognizer's rejection threshold or nothing was heard:
+        the caller should not act on ``text``.
+    elapsed_ms : float
+        Decoding time (both passes), ms.
+    """
+
+    text: str
+    words: list[str] = field(default_factory=list)
+    confidence: float = 0.0
+    rejected: bool = True
+    elapsed_ms: float = 0.0
+
+
+class _DecoderBase:
+    """One pocketsphinx decoder plus a phone-loop search, guarded by a lock."""
+
+    _calibration: tuple[float, float]
+    rejection_threshold: float
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._decoder: pocketsphinx.Decoder | None = None
+        self._main_search = ""
+        self.load_ms = 0.0
+
+    def _create(self, **config: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            decoder = pocketsphinx.Decoder(hmm=pocketsphinx.get_model_path("en-us/en-us"), loglevel="FATAL", **config)
+            self._main_search = decoder.current_search()
+            decoder.add_allphone_file("_phone_loop", pocketsphinx.get_model_path("en-us/en-us-phone.lm.bin"))
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ModelLoadError(f"pocketsphinx cannot load {config}: {exc}; rebuild the language pack with "
+                                 "build_language_pack() (every grammar word needs a dictionary entry)") from None
+        self._decoder = decoder
+        self.load_ms = (time.perf_counter() - t0) * 1000.0
+
+    def _ensure_loaded(self) -> pocketsphinx.Decoder:
+        assert self._decoder is not None
+        return self._decoder
+
+    def transcribe(self, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Transcript:
+        """Recognize one utterance.
+
+        Parameters
+        ----------
+        samples : np.ndarray
+            Shape ``(n,)``, float32 in [-1, 1], 16 kHz (other rates are resampled with soxr).
+        sample_rate : int
+            Hz of ``samples``.
+
+        Returns
+        -------
+        Transcript
+            ``text == ""`` and ``rejected`` when the audio is shorter than 0.1 s or nothing was heard.
+        """
+        t0 = time.perf_counter()
+        x = np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1))
+        if sample_rate != SAMPLE_RATE and len(x):
+            x = soxr.resample(x, sample_rate, SAMPLE_RATE).astype(np.float32)
+        if len(x) < MIN_SECONDS * SAMPLE_RATE:
+            return Transcript("", [], 0.0, True, (time.perf_counter() - t0) * 1000.0)
+        rng = np.random.default_rng(DITHER_SEED)
+        pcm = (np.clip(x + rng.normal(0.0, DITHER_STD, len(x)).astype(np.float32), -1.0, 1.0) * 32767.0)
+        raw = pcm.astype(np.int16).tobytes()
+        with self._lock:
+            decoder = self._ensure_loaded()
+            text, score, _ = self._run(decoder, self._main_search, raw)
+            _, phone_score, frames = self._run(decoder, "_phone_loop", raw) if text else ("", None, 0)
+        frames = max(frames, MIN_SPEECH_FRAMES)
+        elapsed = (time.perf_counter() - t0) * 1000.0
+        if not text:
+            return Transcript("", [], 0.0, True, elapsed)
+        if score is None or phone_score is None:
+            logger.warning("no usable path score for %r (%.0f s of audio); confidence 0", text, len(x) / SAMPLE_RATE)
+            return Transcript(text, text.split(), 0.0, True, elapsed)
+        centre, scale = self._calibration
+        gap = (score - phone_score) / frames
+        confidence = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, (gap - centre) / scale))))
+        logger.debug("%r: gap %.1f/frame over %d frames, confidence %.3f", text, gap, frames, confidence)
+        return Transcript(text, text.split(), confidence, confidence < self.rejection_threshold, elapsed)
+
+    @staticmethod
+    def _run(decoder: pocketsphinx.Decoder, search: str, raw: bytes) -> tuple[str, float | None, int]:
+        decoder.activate_search(search)
+        decoder.start_utt()
+        decoder.process_raw(raw, full_utt=True)
+        decoder.end_utt()
+        hyp = decoder.hyp()
+        if hyp is None:
+            return "", None, 0
+        words = " ".join(w for w in hyp.hypstr.lower().split() if not w.startswith(("<", "[", "+")))
+        if hyp.best_score <= 0.0:  # exp of the path score underflows after ~25 min of audio
+            return words, None, 0
+        # best_score is the path score exp'd by the decoder's logmath; back to logmath units
+        # frames not labelled silence or filler: the gap is averaged over speech only
+        speech = sum(s.end_frame - s.start_frame + 1 for s in decoder.seg()
+                     if s.word.upper() not in ("SIL", "<SIL>", "<S>", "</S>") and not s.word.startswith(("+", "[")))
+        return words, float(decoder.get_logmath().log(hyp.best_score)), speech
+
+
+class Recognizer(_DecoderBase):
+    """In-domain recognizer over a language pack from :func:`build_language_pack`.
+
+    Parameters
+    ----------
+    pack_dir : Path
+        Folder holding ``lm.arpa``, ``grammar.jsgf`` and ``words.dict``.
+    mode : {"lm", "jsgf"}
+        ``lm`` (default): the n-gram LM, which also accepts phrasings the templates only imply
+        (FIELD_NOTES: WER 0.18 on sentences the LM never saw); ``jsgf``: only sentences the
+        grammar produces (WER 0.00 on covered sentences, nothing else recognized).
+    rejection_threshold : float
+        ``Transcript.rejected`` when ``confidence`` is below it (default 0.5: the calibrated
+        centre, the point that best separated in-domain from out-of-domain speech).
+
+    Raises
+    ------
+    ModelLoadError
+        A pack file is missing or pocketsphinx cannot load it.
+
+    Notes
+    -----
+    The decoder loads once, in the constructor (trimmed dictionary: ~0.02 s, FIELD_NOTES; see
+    :attr:`load_ms`). One decoder per instance; ``transcribe`` calls are serialized by a lock.
+    """
+
+    def __init__(self, pack_dir: Path, *, mode: Literal["lm", "jsgf"] = "lm",
+                 rejection_threshold: float = 0.5) -> None:
+        super().__init__()
+        if mode not in ("lm", "jsgf"):
+            raise ValueError(f"mode must be 'lm' or 'jsgf', got {mode!r}")
+        self.pack_dir = Path(pack_dir)
+        self.mode = mode
+        self.rejection_threshold = rejection_threshold
+        self._calibration = CALIBRATION[mode]
+        model = self.pack_dir / ("lm.arpa" if mode == "lm" else "grammar.jsgf")
+        for path in (model, self.pack_dir / "words.dict"):
+            if not path.is_file():
+                raise ModelLoadError(f"language pack {self.pack_dir} has no {path.name}; "
+                                     "build it with inference_core.stt.build_language_pack()")
+        info = self.pack_dir / "pack.json"
+        self.pack_info: dict = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
+        self._create(**{mode: str(model), "dict": str(self.pack_dir / "words.dict")})
+        logger.info("recognizer %s (%s) loaded in %.0f ms", self.pack_dir, mode, self.load_ms)
+
+
+class GeneralRecognizer(_DecoderBase):
+    """pocketsphinx's general English recognizer (``en-us.lm.bin``, full ``cmudict-en-us.dict``).
+
+    Loaded on first use (~2.6 s, FIELD_NOTES) or by :meth:`load`; same :meth:`transcribe` API as
+    :class:`Recognizer`. Its ``confidence`` uses the same phone-loop gap; ``rejected`` only marks
+    nothing heard or a gap below ``rejection_threshold`` (default 0.0: never reject words — it is a
+    reference transcript, not a command).
+    """
+
+    def __init__(self, rejection_threshold: float = 0.0) -> None:
+        super().__init__()
+        self.rejection_threshold = rejection_threshold
+        self._calibration = CALIBRATION["general"]
+
+    def load(self) -> GeneralRecognizer:
+        """Load the decoder now (idempotent, thread-safe)."""
+        with self._lock:
+            self._ensure_loaded()
+        return self
+
+    def _ensure_loaded(self) -> pocketsphinx.Decoder:
+        if self._decoder is None:
+            self._create(lm=pocketsphinx.get_model_path("en-us/en-us.lm.bin"),
+                         dict=pocketsphinx.get_model_path("en-us/cmudict-en-us.dict"))
+            logger.info("general recognizer loaded in %.0f ms", self.load_ms)
+        return self._decoder  # type: ignore[return-value]
+
+    @property
+    def loaded(self) -> bool:
+        return self._decoder is not None
