@@ -36,6 +36,7 @@ TARGET_RATE = 16000
 DBFS_FLOOR = -120.0
 
 _BLOCK_FRAMES = 1 << 14  # frames per read (0.34 s at 48 kHz): a corrupt tail loses at most one block
+_STREAMING_SIZE = 0x7FFF0000  # data sizes from here up are streaming writers' "unknown length"
 _MAGIC = {b"RIFF": "WAV", b"RIFX": "WAV", b"RF64": "WAV", b"fLaC": "FLAC", b"OggS": "OGG", b"FORM": "AIFF"}
 
 
@@ -122,9 +123,12 @@ def load_audio(source: Path | str | bytes, *, target_rate: int = TARGET_RATE,
                 if pcm_beyond:
                     raise _SoundfileRefused(f"the header declares {data.shape[0]} frames but more PCM follows")
                 if declared is not None and available is not None and declared > available:
-                    logger.warning("%s: WAV header declares %d data bytes but only %d are present (recording cut "
-                                   "short?); decoded the %.2f s that are there", name, declared, available,
-                                   data.shape[0] / rate)
+                    # streaming writers (espeak-ng --stdout, sox -) put a placeholder near 2**31 or 2**32
+                    level = logging.INFO if declared >= _STREAMING_SIZE else logging.WARNING
+                    logger.log(level, "%s: WAV header declares %d data bytes but only %d are present (%s); "
+                               "decoded the %.2f s that are there", name, declared, available,
+                               "a streaming writer's placeholder" if level == logging.INFO
+                               else "recording cut short?", data.shape[0] / rate)
         except _SoundfileRefused as exc:
             if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
                 fileobj.seek(0)

@@ -149,7 +149,8 @@ def build_language_pack(templates: TemplateSet, out_dir: Path, *, holdout: Colle
 def _templates_sha256(templates: TemplateSet) -> str:
     """sha256 of the template file's text; for templates not loaded from a file, of their JSGF."""
     path = Path(templates.source)
-    text = path.read_text(encoding="utf-8") if templates.source != "<string>" and path.is_file() else templates.to_jsgf()
+    from_file = templates.source != "<string>" and path.is_file()
+    text = path.read_text(encoding="utf-8") if from_file else templates.to_jsgf()
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -174,8 +175,9 @@ def _trimmed_dictionary(vocab: list[str], templates: TemplateSet, overrides: Map
     for word in missing:
         if word not in generated:
             raise TemplateError(f"no pronunciation for {word!r} (used at {_word_origins(templates, word)}): it is not "
-                                "in pocketsphinx's cmudict and espeak-ng is not installed to generate one; pass "
-                                "pronunciations={...} or use a word cmudict knows")
+                                "in pocketsphinx's cmudict and none could be generated (espeak-ng is missing or its "
+                                "phonemes did not map to ARPAbet); pass pronunciations={...} or use a word cmudict "
+                                "knows")
         logger.warning("no cmudict pronunciation for %r; generated %r with espeak-ng", word, generated[word])
         entries[word] = [generated[word]]
     lines = [f"{w if i == 0 else f'{w}({i + 1})'} {p}\n" for w in vocab for i, p in enumerate(entries[w])]
@@ -298,7 +300,8 @@ class _DecoderBase:
             self._main_search = decoder.current_search()
             decoder.add_allphone_file("_phone_loop", pocketsphinx.get_model_path("en-us/en-us-phone.lm.bin"))
         except (RuntimeError, ValueError, OSError) as exc:
-            raise ModelLoadError(f"pocketsphinx cannot load {config}: {exc}; rebuild the language pack with "
+            files = ", ".join(f"{k}={v}" for k, v in config.items())
+            raise ModelLoadError(f"pocketsphinx cannot load {files}: {exc}; rebuild the language pack with "
                                  "build_language_pack() (every grammar word needs a dictionary entry)") from None
         self._decoder = decoder
         self.load_ms = (time.perf_counter() - t0) * 1000.0
@@ -321,6 +324,13 @@ class _DecoderBase:
         -------
         Transcript
             ``text == ""`` and ``rejected`` when the audio is shorter than 0.1 s or nothing was heard.
+
+        Notes
+        -----
+        Gaussian dither (std 1e-3, fixed seed: the same audio gives the same transcript) is added
+        before the int16 conversion. Two passes run — the pack's search, then the phone loop for
+        the confidence —, together RTF ≈ 0.13 on 2 cores (benchmarks/stt_speed.py): pass one
+        utterance (a VAD segment), not a whole recording.
         """
         t0 = time.perf_counter()
         x = np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1))
@@ -410,13 +420,35 @@ class Recognizer(_DecoderBase):
         info = self.pack_dir / "pack.json"
         self.pack_info: dict = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
         self._create(**{mode: str(model), "dict": str(self.pack_dir / "words.dict")})
+        if mode == "lm":
+            _warn_unpronounceable(model, self.pack_dir / "words.dict")
         logger.info("recognizer %s (%s) loaded in %.0f ms", self.pack_dir, mode, self.load_ms)
+
+
+def _warn_unpronounceable(lm_path: Path, dict_path: Path) -> None:
+    """pocketsphinx silently drops LM words missing from the dictionary: say so."""
+    with open(dict_path, encoding="utf-8") as f:
+        known = {line.split(maxsplit=1)[0].split("(", 1)[0] for line in f if line.strip()}
+    lm_words: set[str] = set()
+    with open(lm_path, encoding="utf-8") as f:
+        in_unigrams = False
+        for line in f:
+            if line.startswith("\\"):
+                in_unigrams = line.strip() == "\\1-grams:"
+            elif in_unigrams and line.strip():
+                lm_words.add(line.split()[1])
+    missing = sorted(lm_words - known - {"<s>", "</s>"})
+    if missing:
+        logger.warning("%s: %d LM words have no pronunciation in %s and can never be recognized (%s); "
+                       "rebuild the pack with build_language_pack()", lm_path, len(missing), dict_path.name,
+                       ", ".join(missing[:5]))
 
 
 class GeneralRecognizer(_DecoderBase):
     """pocketsphinx's general English recognizer (``en-us.lm.bin``, full ``cmudict-en-us.dict``).
 
-    Loaded on first use (~2.6 s, FIELD_NOTES) or by :meth:`load`; same :meth:`transcribe` API as
+    Loaded on first use or by :meth:`load` (FIELD_NOTES: 2.6 s; 0.3-0.4 s measured by
+    benchmarks/stt_speed.py with the files in the page cache); same :meth:`transcribe` API as
     :class:`Recognizer`. Its ``confidence`` uses the same phone-loop gap; ``rejected`` only marks
     nothing heard or a gap below ``rejection_threshold`` (default 0.0: never reject words — it is a
     reference transcript, not a command).
