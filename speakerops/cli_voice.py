@@ -54,7 +54,7 @@ def _versions_by_kind(root: Path, spec: str) -> dict[str, str]:
 
 
 def _load_loop(root: Path, versions: dict[str, str] | None, *, mos: bool = True, general: bool = True,
-               denoise: str = "rnnoise"):
+               denoise: str = "auto"):
     from inference_core.errors import InferenceError
     from inference_core.pipeline import LoopOptions, VoiceLoop
 
@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
                  reference: Annotated[str | None, typer.Option("--reference", help="What was said (for WER).")] = None,
                  json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
                  audio_out: Annotated[Path | None, typer.Option("--audio-out", help="Write answer WAVs here.")] = None,
-                 denoise: Annotated[str, typer.Option(help="rnnoise | noisereduce | none")] = "rnnoise",
+                 denoise: Annotated[str, typer.Option(help="auto (RNNoise when SNR < 15 dB) | rnnoise | noisereduce | none")] = "auto",
                  models_dir: ModelsDir = None) -> None:
         """Run recordings through the whole loop and show each stage, the room and the requirement checks."""
         from inference_core.audio import save_wav

@@ -194,3 +194,18 @@ def test_cli_diagnose_and_evaluate(models_root, clips, tmp_path) -> None:
     assert (tmp_path / "e.html").stat().st_size > 1000
     r = CliRunner().invoke(app, ["evaluate", str(manifest), "--models", "qa-9.9.9", "--models-dir", str(models_root)])
     assert r.exit_code == 1 and "no bundle named 'qa-9.9.9'" in r.stderr
+
+
+def test_doubtful_transcripts_are_rescued_only_by_template_or_general_lm(loop) -> None:
+    from inference_core.pipeline import LoopResult
+
+    exact = LoopResult(audio="x", rejected=True, transcript="who wrote hamlet", general_transcript="who road ham")
+    assert loop._understand(exact).intent == "qa.author" and exact.intent_source == "template match"
+    general = LoopResult(audio="x", rejected=True, transcript="delete my on is",
+                         general_transcript="could you play some jazz music")
+    assert loop._understand(general).intent == "music.play" and general.intent_source == "general LM"
+    neither = LoopResult(audio="x", rejected=True, transcript="delete my on is",
+                         general_transcript="tell me a joke about penguins")
+    assert loop._understand(neither).intent == "none" and neither.intent_source == "rejected"
+    confident = LoopResult(audio="x", rejected=False, transcript="play some jazz music")
+    assert loop._understand(confident).intent == "music.play" and confident.intent_source == "in-domain"

@@ -44,7 +44,7 @@ class ControlBar(QWidget):
     sig_open_requested = Signal()
     sig_evaluate_requested = Signal()
 
-    def __init__(self, denoise: str = "rnnoise", parent: QWidget | None = None) -> None:
+    def __init__(self, denoise: str = "auto", parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.open_button = QPushButton("Open recordings…")
         self.open_button.setToolTip("Run WAV, FLAC or OGG recordings through the voice loop")
@@ -80,8 +80,8 @@ class ControlBar(QWidget):
 
     @property
     def denoise(self) -> str:
-        """The denoise method chosen (``"rnnoise"``, ``"noisereduce"`` or ``"none"``)."""
-        return str(self.denoise_combo.currentData() or "rnnoise")
+        """The denoise method chosen (``"auto"``, ``"rnnoise"``, ``"noisereduce"`` or ``"none"``)."""
+        return str(self.denoise_combo.currentData() or "auto")
 
     def set_busy(self, busy: bool) -> None:
         """Disable what would start work (the reference stays editable)."""

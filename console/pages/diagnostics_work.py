@@ -32,7 +32,7 @@ Report = Callable[[float, str], None]
 Cancelled = Callable[[], bool]
 
 #: Denoise methods offered by the page, in the selector's order (``inference_core.denoise``).
-DENOISE_METHODS: tuple[str, ...] = ("rnnoise", "noisereduce", "none")
+DENOISE_METHODS: tuple[str, ...] = ("auto", "rnnoise", "noisereduce", "none")
 #: Per-stage budgets drawn on the timing chart, ms: the server part (stt + qa + tts) and the
 #: whole answer (``inference_core.pipeline.REQUIREMENTS``).
 SERVER_BUDGET_MS = 2000.0
