@@ -4,12 +4,14 @@ cell delegate and section titles."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 from PySide6.QtCore import QModelIndex, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFontMetrics, QMouseEvent, QPainter
 from PySide6.QtWidgets import (
     QApplication,
     QFrame,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -95,13 +97,16 @@ class Tile(QFrame):
         """Show ``value`` (``"—"`` for None)."""
         self._value.setText("—" if value is None else f"{value:,}")
 
-    def apply_theme(self, theme: Theme) -> None:
-        """Recolour the stripe, background tint and glyph for ``theme``."""
+    def colour_and_glyph(self, theme: Theme) -> tuple[str, str]:
+        """The tile's colour and glyph: the status palette for unit states, else the accent."""
         if self.key in ("online", "degraded", "updating", "offline", "unknown"):
             style = status_style(self.key)
-            color, glyph = style.color, style.glyph
-        else:
-            color, glyph = theme.accent, "■"
+            return style.color, style.glyph
+        return theme.accent, "■"
+
+    def apply_theme(self, theme: Theme) -> None:
+        """Recolour the stripe, background tint and glyph for ``theme``."""
+        color, glyph = self.colour_and_glyph(theme)
         tint = _mix(theme.surface, color, 0.10 if theme.is_dark else 0.07)
         self.setStyleSheet(f"QFrame#tile {{ background: {tint}; }}")
         self._stripe.setStyleSheet(
@@ -220,3 +225,29 @@ class StatusPill(QLabel):
             f"background: {st.color}; color: {ON_STATUS_TEXT}; border-radius: 10px;"
             " padding: 2px 10px; font-weight: bold;")
         self.show()
+
+
+def field_grid(fields: Sequence[tuple[str, str]], pairs_per_row: int, values: dict[str, QLabel],
+               make_value: Callable[[], QLabel] | None = None) -> QGridLayout:
+    """A grid of ``label: value`` pairs, ``pairs_per_row`` to a row; the value labels are stored in
+    ``values`` by key (default: selectable plain text, wrapping when one pair per row)."""
+    grid = QGridLayout()
+    grid.setHorizontalSpacing(10)
+    grid.setVerticalSpacing(3)
+    for i, (key, label) in enumerate(fields):
+        r, c = divmod(i, pairs_per_row)
+        name = QLabel(label)
+        name.setObjectName("fieldLabel")
+        if make_value is not None:
+            value = make_value()
+        else:
+            value = QLabel("—")
+            value.setTextFormat(Qt.TextFormat.PlainText)
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            value.setWordWrap(pairs_per_row == 1)
+        grid.addWidget(name, r, 2 * c, Qt.AlignmentFlag.AlignTop)
+        grid.addWidget(value, r, 2 * c + 1)
+        values[key] = value
+    for c in range(pairs_per_row):
+        grid.setColumnStretch(2 * c + 1, 1)
+    return grid

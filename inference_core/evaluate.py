@@ -33,7 +33,6 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from inference_core.pipeline import (
-    CLIENT_OVERHEAD_MS,
     REQUIREMENTS,
     STAGES,
     Cancelled,
@@ -41,6 +40,7 @@ from inference_core.pipeline import (
     Report,
     Utterance,
     VoiceLoop,
+    end_to_end_estimate_ms,
     normalize_text,
 )
 
@@ -113,9 +113,8 @@ def _utterance_row(entry: ManifestEntry, r: LoopResult | None, baseline_intent: 
     if r is None:
         return row
     timings = dict(r.timings_ms)
-    if "server" in timings:
-        timings["end_to_end_estimate"] = (timings["server"] + timings.get("decode", 0) + timings.get("vad", 0)
-                                          + timings.get("denoise", 0) + CLIENT_OVERHEAD_MS)
+    if (estimate := end_to_end_estimate_ms(timings)) is not None:
+        timings["end_to_end_estimate"] = estimate
     row.update(error=r.error, slots=r.slots, speakers=r.speakers, timings_ms=timings,
                mos={"input": r.mos_input, "answer": r.mos_answer}, wer=r.wer,
                general_transcript=r.general_transcript, confidence=r.intent_confidence, rejected=r.rejected,

@@ -33,7 +33,6 @@ rejected out-of-domain requests better than the probe's ``none`` class (20/20 vs
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -46,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference_core.bundles import sha256_file
 from inference_core.errors import ModelLoadError
 from inference_core.templates import TemplateSet
 
@@ -284,12 +284,6 @@ def train_probe(emb: np.ndarray, labels: np.ndarray, classes: list[str]) -> tupl
 
 
 # -- build --------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _export_onnx(src: Path, onnx_path: Path) -> None:
@@ -424,7 +418,7 @@ def build_intent_model(templates: TemplateSet, out_dir: Path, *, quantize: bool 
         "quantization": "onnxruntime.quantization.quantize_dynamic, QInt8 weights" if quantize else None,
         "embedding_dim": EMBEDDING_DIM,
         "max_tokens": MAX_TOKENS,
-        "sha256": {name: _sha256(out_dir / name) for name in ("model.onnx", "tokenizer.json", "examples.npz")},
+        "sha256": {name: sha256_file(out_dir / name) for name in ("model.onnx", "tokenizer.json", "examples.npz")},
         "examples_per_intent": examples_per_intent,
         "seed": seed,
         "example_counts": counts,

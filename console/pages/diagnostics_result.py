@@ -37,7 +37,7 @@ from console.pages.diagnostics_work import (
     verdict,
 )
 from console.theme import ON_STATUS_TEXT, Theme
-from console.widgets import section_title
+from console.widgets import field_grid, section_title
 from inference_core.pipeline import LoopResult, normalize_text
 
 logger = logging.getLogger(__name__)
@@ -209,21 +209,8 @@ class ResultPanel(QWidget):
         self.play_note.hide()
         self.apply_theme(theme)
 
-    def _grid(self, fields: tuple[tuple[str, str], ...], pairs_per_row: int) -> QGridLayout:
-        grid = QGridLayout()
-        grid.setHorizontalSpacing(10)
-        grid.setVerticalSpacing(3)
-        for i, (key, label) in enumerate(fields):
-            r, c = divmod(i, pairs_per_row)
-            name = QLabel(label)
-            name.setObjectName("fieldLabel")
-            value = _value_label()
-            grid.addWidget(name, r, 2 * c, Qt.AlignmentFlag.AlignTop)
-            grid.addWidget(value, r, 2 * c + 1)
-            self._values[key] = value
-        for c in range(pairs_per_row):
-            grid.setColumnStretch(2 * c + 1, 1)
-        return grid
+    def _grid(self, fields, pairs_per_row: int) -> QGridLayout:
+        return field_grid(fields, pairs_per_row, self._values, _value_label)
 
     # -- public API ---------------------------------------------------------------------
     def field_text(self, key: str) -> str:

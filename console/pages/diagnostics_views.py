@@ -16,7 +16,7 @@ from PySide6.QtGui import QColor
 
 from console.pages.diagnostics_work import END_TO_END_BUDGET_MS, SERVER_BUDGET_MS, VERDICTS
 from console.theme import Theme
-from console.widgets import Tile, _mix
+from console.widgets import Tile
 from inference_core.pipeline import STAGES
 
 logger = logging.getLogger(__name__)
@@ -117,18 +117,12 @@ class VerdictTile(Tile):
     """A key-figure tile counting recordings of one verdict (``"pass"``, ``"fail"``,
     ``"error"``) or all of them (``"all"``), with the verdict's glyph and colour."""
 
-    def apply_theme(self, theme: Theme) -> None:
-        """Recolour the stripe, tint and glyph for ``theme``."""
+    def colour_and_glyph(self, theme: Theme) -> tuple[str, str]:
+        """The verdict's colour and glyph (the accent for ``all``)."""
         if self.key in VERDICTS:
             _, glyph, color = VERDICTS[self.key]
-        else:
-            glyph, color = "■", theme.accent
-        tint = _mix(theme.surface, color, 0.10 if theme.is_dark else 0.07)
-        self.setStyleSheet(f"QFrame#tile {{ background: {tint}; }}")
-        self._stripe.setStyleSheet(
-            f"background: {color}; border-top-left-radius: 6px; border-bottom-left-radius: 6px;")
-        self._plain_caption = f"{glyph} {self.word}"
-        self._caption.setText(f'<span style="color:{color}">{glyph}</span>&nbsp;{self.word}')
+            return color, glyph
+        return theme.accent, "■"
 
 
 class StageChart(pg.PlotWidget):

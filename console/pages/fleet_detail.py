@@ -32,7 +32,7 @@ from console.formatting import (
     is_missing,
 )
 from console.theme import STATUS_STYLES, Theme
-from console.widgets import StatusPill, section_title
+from console.widgets import StatusPill, field_grid, section_title
 from fleet.models import STAGES
 
 logger = logging.getLogger(__name__)
@@ -137,24 +137,8 @@ class FleetDetailPanel(QFrame):
         self.show_empty()
 
     # -- building -----------------------------------------------------------------------
-    def _grid(self, fields: list[tuple[str, str]], pairs_per_row: int) -> QGridLayout:
-        grid = QGridLayout()
-        grid.setHorizontalSpacing(10)
-        grid.setVerticalSpacing(3)
-        for i, (key, label) in enumerate(fields):
-            r, c = divmod(i, pairs_per_row)
-            name = QLabel(label)
-            name.setObjectName("fieldLabel")
-            value = QLabel(MISSING)
-            value.setTextFormat(Qt.TextFormat.PlainText)
-            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            value.setWordWrap(pairs_per_row == 1)
-            grid.addWidget(name, r, 2 * c)
-            grid.addWidget(value, r, 2 * c + 1)
-            self._values[key] = value
-        for c in range(pairs_per_row):
-            grid.setColumnStretch(2 * c + 1, 1)
-        return grid
+    def _grid(self, fields, pairs_per_row: int) -> QGridLayout:
+        return field_grid(fields, pairs_per_row, self._values)
 
     # -- public API ---------------------------------------------------------------------
     def field_text(self, key: str) -> str:
