@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from speakerops.db import Base
@@ -125,3 +125,135 @@ class CollectorStatus(Base):
     #: Heartbeats held in memory because the database refused the last write.
     pending_rows: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+#: Upper edges (ms) of the latency histogram buckets kept in rollups; the last bucket is open.
+#: Log-spaced from 25 ms to 20 s so that p50/p95/p99 of any stage come back within ~12 % —
+#: percentiles over minutes and hours cannot be computed from averages.
+LATENCY_EDGES_MS: tuple[float, ...] = (
+    25, 50, 75, 100, 150, 200, 250, 300, 400, 500, 600, 750, 900, 1000, 1250, 1500, 1750, 2000,
+    2250, 2500, 2750, 3000, 3500, 4000, 5000, 6000, 8000, 10000, 15000, 20000,
+)
+
+
+class _RollupColumns:
+    """Columns shared by the 1-minute and 1-hour rollups of a unit's heartbeats."""
+
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    #: Start of the bucket (aware UTC, aligned to the minute or hour).
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True, index=True)
+    heartbeats: Mapped[int]
+    cpu_pct_avg: Mapped[float | None]
+    cpu_pct_max: Mapped[float | None]
+    temp_c_avg: Mapped[float | None]
+    temp_c_max: Mapped[float | None]
+    mem_pct_avg: Mapped[float | None]
+    disk_free_mb_min: Mapped[float | None]
+    mic_noise_dbfs_avg: Mapped[float | None]
+    wifi_rssi_dbm_avg: Mapped[float | None]
+    wake_false_accepts_per_h_avg: Mapped[float | None]
+    requests: Mapped[int]
+    errors: Mapped[int]
+    #: Reboots seen in the bucket (uptime went down between heartbeats).
+    reboots: Mapped[int] = mapped_column(default=0)
+    #: Requests whose end to end exceeded 3,000 ms / whose server part exceeded 2,000 ms.
+    e2e_over_budget: Mapped[int] = mapped_column(default=0)
+    server_over_budget: Mapped[int] = mapped_column(default=0)
+    #: Per stage (and ``e2e``, ``server``), request counts per :data:`LATENCY_EDGES_MS` bucket
+    #: (len(edges) + 1 counts), e.g. ``{"stt": [0, 3, 10, ...], ...}``.
+    latency_hist: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Per stage, the sum of latencies in ms (for means).
+    latency_sum_ms: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class UnitRollup1m(_RollupColumns, Base):
+    """A unit's heartbeats summarized per minute (kept 30 days)."""
+
+    __tablename__ = "unit_rollups_1m"
+
+
+class UnitRollup1h(_RollupColumns, Base):
+    """A unit's heartbeats summarized per hour (kept one year)."""
+
+    __tablename__ = "unit_rollups_1h"
+
+
+class RollupWatermark(Base):
+    """How far each rollup level has been computed (aware UTC, exclusive)."""
+
+    __tablename__ = "rollup_watermarks"
+
+    level: Mapped[str] = mapped_column(String(8), primary_key=True)  # "1m" | "1h"
+    computed_until: Mapped[datetime]
+
+
+#: Alert severities, least to most urgent.
+SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+#: Alert states: open → acknowledged → resolved (auto when the condition clears, or by hand).
+ALERT_STATES: tuple[str, ...] = ("open", "acknowledged", "resolved")
+
+
+class AlertRule(Base):
+    """A condition on a metric over a scope, held for a duration.
+
+    ``metric`` names a unit figure (``temp_c``, ``cpu_pct``, ``mic_noise_dbfs``, ``error_rate``…),
+    ``offline`` (a unit without heartbeat) or ``slo_burn_1h`` / ``slo_burn_24h`` (error-budget
+    burn rate). ``scope_kind`` is ``fleet``, ``site``, ``hardware_rev``, ``tag`` or ``unit`` with
+    ``scope_value`` naming which.
+    """
+
+    __tablename__ = "alert_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    metric: Mapped[str] = mapped_column(String(64))
+    scope_kind: Mapped[str] = mapped_column(String(16), default="fleet")
+    scope_value: Mapped[str | None] = mapped_column(String(128))
+    comparison: Mapped[str] = mapped_column(String(2))  # > >= < <=
+    threshold: Mapped[float]
+    duration_s: Mapped[float] = mapped_column(default=0.0)
+    severity: Mapped[str] = mapped_column(String(16), default="warning")
+    enabled: Mapped[bool] = mapped_column(default=True)
+    builtin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime]
+
+
+class Alert(Base):
+    """One firing of a rule on one scope; at most one not resolved per (rule, scope_key)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("uq_alerts_open_rule_scope", "rule_id", "scope_key", unique=True,
+              sqlite_where=text("state != 'resolved'"), postgresql_where=text("state != 'resolved'")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rule_id: Mapped[int] = mapped_column(ForeignKey("alert_rules.id", ondelete="CASCADE"), index=True)
+    #: What the alert is about, e.g. ``unit=SPK-000042`` or ``site=busan-office``.
+    scope_key: Mapped[str] = mapped_column(String(160))
+    state: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    severity: Mapped[str] = mapped_column(String(16))
+    #: When the condition was first seen true (the alert fires after the rule's duration).
+    pending_since: Mapped[datetime | None]
+    opened_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    value: Mapped[float | None]
+    message: Mapped[str] = mapped_column(Text, default="")
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64))
+    resolved_at: Mapped[datetime | None]
+    #: ``auto`` when the condition cleared, else who resolved it.
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class AlertEvent(Base):
+    """The history of an alert: opened, acknowledged, resolved, reopened."""
+
+    __tablename__ = "alert_events"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -19,10 +19,12 @@ def _unit(serial: str, now: datetime, **kw) -> Unit:
 
 def test_migration_creates_tables_and_is_idempotent(runtime) -> None:
     tables = set(inspect(runtime.engine).get_table_names())
-    assert {"units", "heartbeats", "collector_status", "alembic_version"} <= tables
-    assert current_revision(runtime.engine) == head_revision(runtime.engine) == "0001"
+    assert {"units", "heartbeats", "collector_status", "alembic_version", "unit_rollups_1m", "unit_rollups_1h",
+            "rollup_watermarks", "alert_rules", "alerts", "alert_events"} <= tables
+    head = head_revision(runtime.engine)
+    assert current_revision(runtime.engine) == head
     upgrade(runtime.engine)  # a second run changes nothing
-    assert current_revision(runtime.engine) == "0001"
+    assert current_revision(runtime.engine) == head
 
 
 def test_unit_round_trip_keeps_every_field(runtime, clock) -> None:
@@ -105,3 +107,31 @@ def test_db_url_setting_selects_the_database(monkeypatch) -> None:
 
     monkeypatch.setenv("SPEAKEROPS_DB_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     assert CoreSettings().resolved_db_url() == "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def test_migrations_go_down_and_up_again(runtime) -> None:
+    from alembic import command
+
+    from speakerops.db import _alembic_config
+
+    command.downgrade(_alembic_config(runtime.engine), "base")
+    assert set(inspect(runtime.engine).get_table_names()) <= {"alembic_version"}
+    upgrade(runtime.engine)
+    assert current_revision(runtime.engine) == head_revision(runtime.engine)
+
+
+def test_one_open_alert_per_rule_and_scope(runtime, clock) -> None:
+    from fleet.models import Alert, AlertRule
+
+    now = clock()
+    with runtime.session_factory.begin() as s:
+        rule = AlertRule(name="hot", metric="temp_c", comparison=">", threshold=70, created_at=now)
+        s.add(rule)
+        s.flush()
+        s.add(Alert(rule_id=rule.id, scope_key="unit=SPK-1", severity="warning", opened_at=now, last_seen_at=now,
+                    state="resolved"))
+        s.add(Alert(rule_id=rule.id, scope_key="unit=SPK-1", severity="warning", opened_at=now, last_seen_at=now))
+    with pytest.raises(IntegrityError):
+        with runtime.session_factory.begin() as s:
+            rid = s.scalar(select(AlertRule.id))
+            s.add(Alert(rule_id=rid, scope_key="unit=SPK-1", severity="warning", opened_at=now, last_seen_at=now))
