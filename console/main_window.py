@@ -26,8 +26,10 @@ from console.bootstrap import AppContext
 from console.errors import ErrorReporter
 from console.formatting import format_age, format_local_time, format_number
 from console.jobs import Executors, Job
+from console.pages.alerts import AlertsPage, read_open_count
 from console.pages.diagnostics import DiagnosticsPage
 from console.pages.fleet import FleetPage
+from console.pages.service_flow import ServiceFlowPage
 from console.pages.stub import PLANNED_PAGES, StubPage
 from console.theme import THEMES, Theme
 from fleet.queries import collector_statuses
@@ -36,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 #: Navigation entries, in order.
 NAV_ENTRIES: tuple[str, ...] = ("Fleet", *(p.name for p in PLANNED_PAGES))
+#: The Alerts entry, after :data:`NAV_ENTRIES`; the navigation shows it as "Alerts (N)", N open.
+ALERTS_ENTRY = "Alerts"
+#: Seconds between refreshes of the Alerts badge, whether or not the page is shown.
+ALERTS_BADGE_INTERVAL_S = 10.0
 
 
 def read_collector_statuses(session_factory: Callable[[], Any]) -> list[dict[str, Any]]:
@@ -104,10 +110,18 @@ class MainWindow(QMainWindow):
         self.diagnostics_page = DiagnosticsPage(
             ctx.models_root or ctx.settings.data_dir / "models", executors, reporter, theme,
             reports_dir=ctx.settings.data_dir / "reports", clock=ctx.clock)
-        self.stub_pages = [StubPage(p) for p in PLANNED_PAGES if p.name != "Diagnostics"]
+        self.service_flow_page = ServiceFlowPage(ctx.session_factory, ctx.clock, executors, reporter, theme)
+        built = {"Diagnostics": self.diagnostics_page, "Service flow": self.service_flow_page}
+        self.stub_pages = [StubPage(p) for p in PLANNED_PAGES if p.name not in built]
         for p in PLANNED_PAGES:
-            self.stack.addWidget(self.diagnostics_page if p.name == "Diagnostics"
-                                 else next(s for s in self.stub_pages if s.page is p))
+            self.stack.addWidget(built.get(p.name) or next(s for s in self.stub_pages if s.page is p))
+        self.alerts_page = AlertsPage(ctx.session_factory, ctx.clock, executors, reporter, theme)
+        self.stack.addWidget(self.alerts_page)
+        self.nav.addItem(ALERTS_ENTRY)
+        self.alerts_nav_item = self.nav.item(len(NAV_ENTRIES))
+        self._alerts_count_job: Job | None = None
+        self.alerts_page.sig_open_count.connect(self._on_alerts_page_open_count)
+        self.alerts_page.sig_changed.connect(lambda *_: self._refresh_alerts_badge())
         app_title = QLabel("SpeakerOps")
         app_title.setObjectName("appTitle")
         left = QWidget()
@@ -148,6 +162,11 @@ class MainWindow(QMainWindow):
         self.status_timer.timeout.connect(self._on_status_timer_timeout)
         self.status_timer.start()
         self._update_collector_status()
+        self.alerts_badge_timer = QTimer(self)
+        self.alerts_badge_timer.setInterval(int(ALERTS_BADGE_INTERVAL_S * 1000))
+        self.alerts_badge_timer.timeout.connect(self._refresh_alerts_badge)
+        self.alerts_badge_timer.start()
+        self._refresh_alerts_badge()
         self._restore_geometry()
 
     # -- menus and theme ----------------------------------------------------------------
@@ -188,6 +207,8 @@ class MainWindow(QMainWindow):
             theme.apply(app)
         self.fleet_page.apply_theme(theme)
         self.diagnostics_page.apply_theme(theme)
+        self.service_flow_page.apply_theme(theme)
+        self.alerts_page.apply_theme(theme)
         self.theme_actions[name].setChecked(True)
         self.sig_theme_changed.emit(name)
 
@@ -201,14 +222,27 @@ class MainWindow(QMainWindow):
         Raises
         ------
         ValueError
-            For a name not in :data:`NAV_ENTRIES`.
+            For a name not in :data:`NAV_ENTRIES` nor :data:`ALERTS_ENTRY`.
         """
-        self.nav.setCurrentRow(NAV_ENTRIES.index(name))
+        self.nav.setCurrentRow(len(NAV_ENTRIES) if name == ALERTS_ENTRY else NAV_ENTRIES.index(name))
         return self.stack.currentWidget()
 
     def _on_nav_current_row_changed(self, row: int) -> None:
         if row >= 0:
             self.stack.setCurrentIndex(row)
+
+    # -- alerts badge -------------------------------------------------------------------
+    def _refresh_alerts_badge(self) -> None:
+        """Count open alerts off the GUI thread and show "Alerts (N)" in the navigation."""
+        if self._shut_down or (self._alerts_count_job is not None and not self._alerts_count_job.is_done):
+            return
+        self._alerts_count_job = (Job(read_open_count, self.ctx.session_factory)
+                                  .on_success(self._on_alerts_page_open_count)
+                                  .on_failure(lambda exc: None)  # the pages report DB trouble
+                                  .start(self.executors.db, owner=self))
+
+    def _on_alerts_page_open_count(self, count: int) -> None:
+        self.alerts_nav_item.setText(f"{ALERTS_ENTRY} ({count:,})" if count else ALERTS_ENTRY)
 
     # -- collector status ---------------------------------------------------------------
     def _on_bridge_cycle(self, result: Any) -> None:
@@ -299,9 +333,14 @@ class MainWindow(QMainWindow):
             return
         self._shut_down = True
         self.status_timer.stop()
+        self.alerts_badge_timer.stop()
         self.ctx.remove_cycle_listener(self.bridge.deliver)
         self.fleet_page.shutdown()
+        self.alerts_page.shutdown()
+        if self._alerts_count_job is not None and not self._alerts_count_job.is_done:
+            self._alerts_count_job.cancel()
         self.diagnostics_page.shutdown()
+        self.service_flow_page.shutdown()
         if self._status_job is not None and not self._status_job.is_done:
             self._status_job.cancel()
         self.reporter.close_dialogs()

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import aiohttp
 from sqlalchemy import insert, select, update
@@ -41,6 +41,11 @@ from speakerops.timeutil import Clock, utc_now
 logger = logging.getLogger(__name__)
 
 _STATE_TO_STATUS = {"ok": "online", "degraded": "degraded", "updating": "updating"}
+
+#: How often the maintaining collector rolls heartbeats up (the 1-minute rollup's bucket).
+ROLLUP_EVERY = timedelta(minutes=1)
+#: How often it prunes rows past their retention (raw 24 h, 1-minute 30 d, 1-hour 1 y).
+PRUNE_EVERY = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,10 @@ class Collector:
     shard
         ``(i, n)`` with 1 ≤ i ≤ n: poll only units whose ``id % n == i - 1``, so that n collector
         processes share a fleet with no unit polled twice or missed.
+    maintenance
+        After each cycle, roll heartbeats up (every :data:`ROLLUP_EVERY`), evaluate the alert rules
+        and prune old rows (every :data:`PRUNE_EVERY`). Default: on, except for shards other than
+        the first, so that a sharded fleet has one maintainer.
     """
 
     def __init__(
@@ -157,6 +166,7 @@ class Collector:
         settings: CollectorSettings | None = None,
         name: str | None = None,
         shard: tuple[int, int] | None = None,
+        maintenance: bool | None = None,
     ) -> None:
         if shard is not None and not (1 <= shard[0] <= shard[1]):
             raise ValueError(f"shard {shard[0]}/{shard[1]} is out of range: use I/N with 1 <= I <= N")
@@ -172,6 +182,10 @@ class Collector:
         self._pending_heartbeats: deque[dict] = deque(maxlen=self.settings.max_pending_rows)
         self._pending_units: dict[int, dict] = {}
         self._dropped_rows = 0
+        self.maintenance = maintenance if maintenance is not None else (shard is None or shard[0] == 1)
+        self._last_rollup: datetime | None = None
+        self._last_prune: datetime | None = None
+        self.last_maintenance_error: str | None = None
 
     # -- HTTP ---------------------------------------------------------------------------------
     def _ensure_client(self) -> aiohttp.ClientSession:
@@ -366,6 +380,8 @@ class Collector:
             db_error = (f"database write failed ({_short(exc)}); {len(heartbeats)} heartbeats kept in memory "
                         "and retried next cycle")
             logger.warning(db_error)
+        if self.maintenance and db_error is None:
+            await asyncio.to_thread(self._maintain, self._clock())
         result = CycleResult(
             started_at=started_at, duration_s=time.perf_counter() - t0, polled=len(targets), ok=ok,
             failed=len(targets) - ok, written=written, pending=len(self._pending_heartbeats),
@@ -374,6 +390,33 @@ class Collector:
         logger.info("cycle: %d polled, %d ok, %d failed, %d written, %d pending in %.2f s",
                     result.polled, result.ok, result.failed, result.written, result.pending, result.duration_s)
         return result
+
+    def _maintain(self, now: datetime) -> None:
+        """Rollups, alert rules and retention; a failure is logged and kept in
+        ``last_maintenance_error``, never raised: collection goes on."""
+        try:
+            from fleet import alerts, rollups
+        except ImportError as exc:  # pragma: no cover - both ship with fleet
+            self.last_maintenance_error = f"maintenance unavailable: {exc}"
+            return
+        steps = [("alerts", lambda s: alerts.evaluate(s, now))]
+        if self._last_rollup is None:  # first maintenance of this process: the built-in rules exist
+            steps.insert(0, ("alert rules", lambda s: alerts.ensure_builtin_rules(s, now)))
+        if self._last_rollup is None or now - self._last_rollup >= ROLLUP_EVERY:
+            steps.insert(0, ("rollups", lambda s: rollups.compute_rollups(s, now)))
+            self._last_rollup = now
+        if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
+            steps.append(("prune", lambda s: rollups.prune(s, now)))
+            self._last_prune = now
+        errors = []
+        for name, step in steps:
+            try:
+                with self._session_factory.begin() as session:
+                    step(session)
+            except Exception as exc:  # one failing step must not stop the others or the polling
+                logger.exception("maintenance step %s failed", name)
+                errors.append(f"{name}: {_short(exc)}")
+        self.last_maintenance_error = "; ".join(errors) or None
 
     async def run(self, stop: asyncio.Event, on_cycle: Callable[[CycleResult], None] | None = None) -> None:
         """Run cycles every ``interval_s`` until ``stop`` is set; closes the client at the end."""

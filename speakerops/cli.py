@@ -246,6 +246,167 @@ def demo(ctx: typer.Context,
     raise typer.Exit(code)
 
 
+# -- SLO and capacity -----------------------------------------------------------------------------
+@app.command()
+def slo(ctx: typer.Context, as_json: JsonOut = False,
+        site: Annotated[str | None, typer.Option("--site", help="Only units at this site.")] = None,
+        hardware_rev: Annotated[str | None, typer.Option("--hardware-rev", help="Only this hardware revision.")] = None,
+        db_url: DbUrl = None) -> None:
+    """SLO compliance (95 % within 3 s end to end, 2 s server) and burn rate over 1 h, 24 h, 30 d."""
+    from fleet.slo import SLO_TARGET, Cohort, slo_report
+
+    cohort = Cohort(site=site, hardware_rev=hardware_rev) if site or hardware_rev else None
+    with _runtime(_db_url(ctx, db_url)) as rt, rt.session_factory() as session:
+        report = slo_report(session, rt.clock(), cohort)
+    names = {3600.0: "1h", 86400.0: "24h", 2592000.0: "30d"}
+    data = [{"window": names.get(s.window.total_seconds(), str(s.window)), **s.as_dict()} for s in report]
+    lines = [f"SLO: {SLO_TARGET:.0%} of requests within 3,000 ms end to end and 2,000 ms server"
+             + (f" (site={site or 'any'}, hardware_rev={hardware_rev or 'any'})" if cohort else "")]
+    for row, s in zip(data, report):
+        if s.compliance is None:
+            lines.append(f"  {row['window']:>4}: no requests")
+            continue
+        word = "met" if s.met else "MISSED"
+        lines.append(f"  {row['window']:>4}: {s.compliance:7.2%} {word:<6} burn rate {s.burn_rate:5.2f}  "
+                     f"({s.good:,} of {s.requests:,} good; e2e {s.e2e_compliance:.2%}, "
+                     f"server {s.server_compliance:.2%})")
+    _emit(data, as_json, "\n".join(lines))
+
+
+@app.command()
+def capacity(ctx: typer.Context,
+             per_worker_rps: Annotated[float, typer.Option("--per-worker-rps", min=0.001,
+                                                           help="Requests/s per worker (benchmarks/loop_speed.py).")] = 1.64,
+             card_gb: Annotated[float | None, typer.Option("--card-gb", help="GPU memory per card, GB.")] = None,
+             model_gb: Annotated[float | None, typer.Option("--model-gb", help="Memory per model copy, GB.")] = None,
+             workers_per_machine: Annotated[int, typer.Option("--workers-per-machine", min=1)] = 2,
+             headroom: Annotated[float, typer.Option("--headroom", min=0.0, help="Spare share above peak.")] = 0.3,
+             as_json: JsonOut = False, db_url: DbUrl = None) -> None:
+    """Workers, machines (and GPU cards) needed at the fleet's busiest minute of the last 7 days."""
+    from fleet.slo import capacity_plan, gpu_cards, gpu_copies_per_card, peak_request_rate
+
+    if (card_gb is None) != (model_gb is None):
+        raise _fail("give both --card-gb and --model-gb (or neither)")
+    with _runtime(_db_url(ctx, db_url)) as rt, rt.session_factory() as session:
+        peak = peak_request_rate(session, rt.clock())
+    plan = capacity_plan(peak, per_worker_rps, workers_per_machine=workers_per_machine, headroom=headroom)
+    data = plan.as_dict()
+    lines = [f"peak {peak:.2f} requests/s (busiest minute, last 7 days) + {headroom:.0%} headroom at "
+             f"{per_worker_rps:g} requests/s per worker: {plan.workers} workers on {plan.machines} machines "
+             f"({workers_per_machine} workers each)"]
+    if card_gb is not None and model_gb is not None:
+        try:
+            copies, cards = gpu_copies_per_card(card_gb, model_gb), gpu_cards(plan.workers, card_gb, model_gb)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        data.update(card_gb=card_gb, model_gb=model_gb, copies_per_card=copies, gpu_cards=cards)
+        lines.append(f"GPU: {copies} copies of a {model_gb:g} GB model per {card_gb:g} GB card → {cards} cards")
+    _emit(data, as_json, "\n".join(lines))
+
+
+# -- alerts ---------------------------------------------------------------------------------------
+alerts_app = typer.Typer(help="Alerts: list, acknowledge, resolve; alert rules.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+
+
+def _actor(by: str | None) -> str:
+    import getpass
+
+    return by or getpass.getuser()
+
+
+@alerts_app.command("list")
+def alerts_list(ctx: typer.Context,
+                state: Annotated[str | None, typer.Option(help="open, acknowledged or resolved (default all).")] = None,
+                as_json: JsonOut = False, db_url: DbUrl = None) -> None:
+    """List alerts, newest first."""
+    from fleet.alerts import list_alerts
+    from fleet.errors import FleetError
+
+    with _runtime(_db_url(ctx, db_url)) as rt, rt.session_factory() as session:
+        try:
+            rows = list_alerts(session, state=state)
+        except FleetError as exc:
+            raise _fail(str(exc)) from exc
+    text = [f"{'id':>6}  {'severity':<9}{'state':<13}{'rule':<20}{'scope':<22}{'value':>10}  opened (UTC)"] + [
+        f"{r['id']:>6}  {r['severity']:<9}{r['state']:<13}{r['rule'][:19]:<20}{r['scope_key'][:21]:<22}"
+        f"{'-' if r['value'] is None else format(r['value'], '.4g'):>10}  {r['opened_at']}" for r in rows]
+    _emit(rows, as_json, "\n".join(text) + f"\n{len(rows)} alerts")
+
+
+def _alert_action(ctx: typer.Context, action: str, alert_id: int, by: str | None, db_url: str | None) -> None:
+    from fleet import alerts
+    from fleet.errors import FleetError
+
+    fn = alerts.acknowledge if action == "ack" else alerts.resolve
+    with _runtime(_db_url(ctx, db_url)) as rt:
+        try:
+            with rt.session_factory.begin() as session:
+                alert = fn(session, alert_id, _actor(by), rt.clock())
+                state = alert.state
+        except FleetError as exc:
+            raise _fail(str(exc)) from exc
+    typer.echo(f"alert #{alert_id} {state}")
+
+
+@alerts_app.command("ack")
+def alerts_ack(ctx: typer.Context, alert_id: Annotated[int, typer.Argument(metavar="ID")],
+               by: Annotated[str | None, typer.Option("--by", help="Who (default the OS user).")] = None,
+               db_url: DbUrl = None) -> None:
+    """Acknowledge an open alert."""
+    _alert_action(ctx, "ack", alert_id, by, db_url)
+
+
+@alerts_app.command("resolve")
+def alerts_resolve(ctx: typer.Context, alert_id: Annotated[int, typer.Argument(metavar="ID")],
+                   by: Annotated[str | None, typer.Option("--by", help="Who (default the OS user).")] = None,
+                   db_url: DbUrl = None) -> None:
+    """Resolve an open or acknowledged alert by hand."""
+    _alert_action(ctx, "resolve", alert_id, by, db_url)
+
+
+@alerts_app.command("rules")
+def alerts_rules(ctx: typer.Context, as_json: JsonOut = False, db_url: DbUrl = None) -> None:
+    """List alert rules (the built-in ones are added on first use)."""
+    from fleet.alerts import ensure_builtin_rules, list_rules
+
+    with _runtime(_db_url(ctx, db_url)) as rt, rt.session_factory.begin() as session:
+        ensure_builtin_rules(session, rt.clock())
+        rows = list_rules(session)
+    text = [f"{r['id']:>4}  {r['name'][:23]:<24}{r['metric']} {r['comparison']} {r['threshold']:g} for "
+            f"{r['duration_s']:g} s on {r['scope_kind']}{'=' + r['scope_value'] if r['scope_value'] else ''} "
+            f"[{r['severity']}]{'' if r['enabled'] else ' (disabled)'}" for r in rows]
+    _emit(rows, as_json, "\n".join(text))
+
+
+@alerts_app.command("add-rule")
+def alerts_add_rule(
+        ctx: typer.Context,
+        name: Annotated[str, typer.Option("--name", help="Unique rule name.")],
+        metric: Annotated[str, typer.Option("--metric", help="temp_c, error_rate, offline, slo_burn_1h, ...")],
+        threshold: Annotated[float, typer.Option("--threshold", help="In the metric's unit.")],
+        op: Annotated[str, typer.Option("--op", help="> >= < <=")] = ">",
+        scope: Annotated[str, typer.Option("--scope", help="fleet, site=X, hardware_rev=X, tag=X or unit=SERIAL.")] = "fleet",
+        duration_s: Annotated[float, typer.Option("--for", help="Seconds the condition must hold.")] = 0.0,
+        severity: Annotated[str, typer.Option("--severity", help="info, warning or critical.")] = "warning",
+        db_url: DbUrl = None) -> None:
+    """Add an alert rule."""
+    from fleet.alerts import add_rule
+    from fleet.errors import FleetError
+
+    kind, _, value = scope.partition("=")
+    with _runtime(_db_url(ctx, db_url)) as rt:
+        try:
+            with rt.session_factory.begin() as session:
+                rule = add_rule(session, name=name, metric=metric, comparison=op, threshold=threshold,
+                                scope_kind=kind.strip(), scope_value=value.strip() or None,
+                                duration_s=duration_s, severity=severity, now=rt.clock())
+                rule_id = rule.id
+        except FleetError as exc:
+            raise _fail(str(exc)) from exc
+    typer.echo(f"rule #{rule_id} {name!r} added")
+
+
 # -- database -------------------------------------------------------------------------------------
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, db_url: DbUrl = None) -> None:
@@ -271,6 +432,24 @@ def db_info(ctx: typer.Context, as_json: JsonOut = False, db_url: DbUrl = None) 
                 "heartbeats": session.scalar(select(func.count()).select_from(Heartbeat)),
                 "collectors": session.scalar(select(func.count()).select_from(CollectorStatus))}
     _emit(data, as_json, "\n".join(f"{k}: {v}" for k, v in data.items()))
+
+
+@db_app.command("prune")
+def db_prune(ctx: typer.Context, as_json: JsonOut = False, db_url: DbUrl = None) -> None:
+    """Roll up complete heartbeat minutes and hours, then delete data past its retention
+    (raw heartbeats 24 h, 1-minute rollups 30 days, 1-hour rollups one year)."""
+    from fleet.rollups import compute_rollups, prune
+
+    with _runtime(_db_url(ctx, db_url)) as rt:
+        now = rt.clock()
+        with rt.session_factory.begin() as session:
+            rolled = compute_rollups(session, now)
+            deleted = prune(session, now)
+    data = {"at": now.isoformat(), "rolled_up": {"unit_rollups_1m": rolled.minutes_written,
+                                                 "unit_rollups_1h": rolled.hours_written},
+            "deleted": deleted}
+    _emit(data, as_json, f"rolled up: {rolled.minutes_written} minute rows, {rolled.hours_written} hour rows\n"
+                         + "deleted: " + ", ".join(f"{n} {t}" for t, n in deleted.items()))
 
 
 from speakerops import cli_voice  # noqa: E402  (adds diagnose, evaluate, models build)

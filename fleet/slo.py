@@ -1,0 +1,681 @@
+"""Service-level objective, stage breakdown, fleet health aggregates and capacity planning.
+
+The SLO is the service requirement "95 % of requests answered within 3 s end to end, server
+part within 2 s" (docs/unit-api.md: end to end = the sum of the six stages, server part =
+``stt`` + ``qa`` + ``tts``). Figures come from the rollup tables (``unit_rollups_1m`` for
+windows up to a day, ``unit_rollups_1h`` beyond) up to their watermark, and from raw heartbeats
+for the part not yet rolled up (or for everything when there are no rollups).
+
+No Qt here: the console and the CLI call these off the GUI thread with one ``Session``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from fleet.models import (
+    LATENCY_EDGES_MS,
+    STAGES,
+    Heartbeat,
+    RollupWatermark,
+    Unit,
+    UnitRollup1h,
+    UnitRollup1m,
+)
+
+logger = logging.getLogger(__name__)
+
+try:  # the rollup module is written alongside this one; use it once it is there
+    from fleet import rollups as _rollups  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the other module's progress
+    _rollups = None
+
+#: Share of requests that must meet both budgets (service requirements: "95 % of requests").
+SLO_TARGET = 0.95
+#: End-to-end budget, ms (service requirements: "answered within 3 s end to end").
+E2E_BUDGET_MS = 3000.0
+#: Server-part budget (stt + qa + tts), ms (service requirements: "server part within 2 s").
+SERVER_BUDGET_MS = 2000.0
+#: Stages of the server part (docs/unit-api.md).
+SERVER_STAGES: tuple[str, ...] = ("stt", "qa", "tts")
+#: The SLO windows shown by the console and ``speakerops slo``: 1 h, 24 h, 30 d.
+SLO_WINDOWS: tuple[timedelta, ...] = (timedelta(hours=1), timedelta(hours=24), timedelta(days=30))
+#: Windows up to this span read the 1-minute rollups, longer ones the 1-hour rollups.
+MINUTE_ROLLUP_MAX_WINDOW = timedelta(days=1)
+#: Requests per second one worker process serves: ``benchmarks/loop_speed.py`` on this 2-core
+#: machine, 2026-11-21, service stages with the int8 qa model (README "throughput": 1.64 with
+#: 1 worker, 3.28 with 2).
+PER_WORKER_RPS = 1.64
+
+HEALTH_METRICS: tuple[str, ...] = (
+    "cpu_pct", "temp_c", "mem_pct", "disk_free_mb", "mic_noise_dbfs", "wifi_rssi_dbm",
+    "wake_false_accepts_per_h",
+)
+GROUP_KEYS: tuple[str, ...] = (
+    "site", "hardware_rev", "firmware_version", "stt_version", "qa_version", "tts_version",
+)
+GroupKey = Literal["site", "hardware_rev", "firmware_version", "stt_version", "qa_version", "tts_version"]
+
+
+# -- cohorts ------------------------------------------------------------------------------------
+if _rollups is not None and hasattr(_rollups, "Cohort"):
+    Cohort = _rollups.Cohort
+else:
+    @dataclass(frozen=True)
+    class Cohort:  # type: ignore[no-redef]
+        """Which units to count; every field optional (None: any). ``tag`` is one of ``Unit.tags``."""
+
+        site: str | None = None
+        hardware_rev: str | None = None
+        firmware_version: str | None = None
+        stt_version: str | None = None
+        qa_version: str | None = None
+        tts_version: str | None = None
+        tag: str | None = None
+
+_COHORT_FIELDS = ("site", "hardware_rev", "firmware_version", "stt_version", "qa_version", "tts_version")
+
+
+def cohort_unit_ids(session: Session, cohort: Any | None) -> list[int] | None:
+    """Ids of the units in ``cohort`` (their current inventory), or None for the whole fleet."""
+    if cohort is None:
+        return None
+    wanted = {f: getattr(cohort, f, None) for f in _COHORT_FIELDS}
+    wanted = {f: v for f, v in wanted.items() if v is not None}
+    tag = getattr(cohort, "tag", None)
+    if not wanted and tag is None:
+        return None
+    stmt = select(Unit.id, Unit.tags)
+    for f, v in wanted.items():
+        stmt = stmt.where(getattr(Unit, f) == v)
+    return [uid for uid, tags in session.execute(stmt) if tag is None or tag in (tags or [])]
+
+
+def _restrict(stmt: Any, column: Any, ids: list[int] | None) -> Any:
+    return stmt if ids is None else stmt.where(column.in_(ids or [-1]))
+
+
+# -- latency accumulation (raw samples and rollup histograms) ---------------------------------
+_EDGES = np.asarray(LATENCY_EDGES_MS, dtype=float)
+
+
+def _hist_of(values: Iterable[float]) -> np.ndarray:
+    """Counts per :data:`LATENCY_EDGES_MS` bucket (upper edge inclusive, last bucket open)."""
+    arr = np.asarray(list(values), dtype=float)
+    return np.bincount(np.searchsorted(_EDGES, arr, side="left"), minlength=len(_EDGES) + 1)
+
+
+def hist_percentile(counts: Iterable[int], q: float) -> float:
+    """The ``q``-th percentile (0–100), ms, of a :data:`LATENCY_EDGES_MS` histogram, linearly
+    interpolated inside its bucket; NaN for an empty histogram. Uses
+    ``fleet.rollups.hist_percentile`` when that module provides it."""
+    counts = np.asarray(list(counts), dtype=float)
+    if _rollups is not None and hasattr(_rollups, "hist_percentile"):
+        value = _rollups.hist_percentile(counts.astype(int).tolist(), q)
+        return float("nan") if value is None else float(value)
+    total = counts.sum()
+    if total <= 0:
+        return float("nan")
+    rank = q / 100.0 * total
+    cum = np.cumsum(counts)
+    i = int(np.searchsorted(cum, rank, side="left"))
+    i = min(i, len(counts) - 1)
+    lo = 0.0 if i == 0 else _EDGES[i - 1]
+    if i >= len(_EDGES):
+        return float(lo)  # open last bucket: its lower edge
+    hi = _EDGES[i]
+    before = cum[i - 1] if i else 0.0
+    frac = (rank - before) / counts[i] if counts[i] else 0.0
+    return float(lo + (hi - lo) * min(max(frac, 0.0), 1.0))
+
+
+@dataclass
+class _Latency:
+    """Latencies of one stage: exact samples (raw heartbeats) plus rollup histogram counts."""
+
+    samples: list[float] = field(default_factory=list)
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(len(LATENCY_EDGES_MS) + 1))
+    hist_total: float = 0.0
+    total_ms: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return int(len(self.samples) + self.hist_total)
+
+    def percentile(self, q: float) -> float:
+        if self.hist_total == 0:
+            return float(np.percentile(self.samples, q)) if self.samples else float("nan")
+        return hist_percentile(self.hist + _hist_of(self.samples), q)
+
+    @property
+    def mean(self) -> float:
+        return self.total_ms / self.count if self.count else float("nan")
+
+
+@dataclass
+class _Tally:
+    """Request counts and per-stage latencies over a span."""
+
+    requests: int = 0
+    errors: int = 0
+    e2e_over: int = 0
+    server_over: int = 0
+    bad_latency: int = 0  # requests over either budget
+    latency: dict[str, _Latency] = field(default_factory=dict)
+
+    def stage(self, name: str) -> _Latency:
+        return self.latency.setdefault(name, _Latency())
+
+
+def _request_latencies(latency_ms: dict | None) -> dict[str, list[float]]:
+    """Per stage and for ``e2e``/``server``, one latency per sampled request (ms)."""
+    latency_ms = latency_ms or {}
+    out = {s: [float(v) for v in latency_ms.get(s) or []] for s in STAGES}
+    n = min((len(v) for v in out.values()), default=0)
+    out["e2e"] = [sum(out[s][i] for s in STAGES) for i in range(n)]
+    out["server"] = [sum(out[s][i] for s in SERVER_STAGES) for i in range(n)]
+    return out
+
+
+def _add_raw(session: Session, tally: _Tally, since: datetime, until: datetime,
+             ids: list[int] | None, stages: bool) -> None:
+    """Raw heartbeats received in ``(since, until]``."""
+    if until <= since:
+        return
+    stmt = select(Heartbeat.requests, Heartbeat.errors, Heartbeat.latency_ms).where(
+        Heartbeat.received_at > since, Heartbeat.received_at <= until)
+    for n_req, n_err, latency in session.execute(_restrict(stmt, Heartbeat.unit_id, ids)):
+        tally.requests += int(n_req or 0)
+        tally.errors += int(n_err or 0)
+        per = _request_latencies(latency)
+        e2e, server = per["e2e"], per["server"]
+        tally.e2e_over += sum(v > E2E_BUDGET_MS for v in e2e)
+        tally.server_over += sum(v > SERVER_BUDGET_MS for v in server)
+        tally.bad_latency += sum(a > E2E_BUDGET_MS or b > SERVER_BUDGET_MS for a, b in zip(e2e, server))
+        if stages:
+            for name, values in per.items():
+                acc = tally.stage(name)
+                acc.samples.extend(values)
+                acc.total_ms += sum(values)
+
+
+def _add_rollups(session: Session, tally: _Tally, model: type, since: datetime, until: datetime,
+                 ids: list[int] | None, stages: bool) -> None:
+    """Rollup buckets starting in ``[since, until)``. A request over both budgets is counted in
+    both over-budget columns and cannot be told apart, so ``bad_latency`` takes their sum
+    (compliance from rollups is conservative)."""
+    if until <= since:
+        return
+    cols = [model.requests, model.errors, model.e2e_over_budget, model.server_over_budget]
+    if stages:
+        cols += [model.latency_hist, model.latency_sum_ms]
+    stmt = select(*cols).where(model.bucket_start >= since, model.bucket_start < until)
+    for row in session.execute(_restrict(stmt, model.unit_id, ids)):
+        tally.requests += int(row[0] or 0)
+        tally.errors += int(row[1] or 0)
+        tally.e2e_over += int(row[2] or 0)
+        tally.server_over += int(row[3] or 0)
+        tally.bad_latency += int(row[2] or 0) + int(row[3] or 0)
+        if stages:
+            for name, counts in (row[4] or {}).items():
+                acc = tally.stage(name)
+                arr = np.asarray(counts, dtype=float)
+                if len(arr) == len(acc.hist):
+                    acc.hist += arr
+                    acc.hist_total += arr.sum()
+                    acc.total_ms += float((row[5] or {}).get(name, 0.0) or 0.0)
+
+
+def _watermark(session: Session, level: str) -> datetime | None:
+    wm = session.get(RollupWatermark, level)
+    if wm is None:
+        return None
+    at = wm.computed_until
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _ceil(t: datetime, step: timedelta) -> datetime:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    n = math.ceil((t - epoch) / step)
+    return epoch + n * step
+
+
+def _collect(session: Session, since: datetime, until: datetime, ids: list[int] | None,
+             *, hourly: bool, stages: bool = False) -> _Tally:
+    """Tally ``(since, until]``: whole rollup buckets before the watermarks, raw heartbeats for the
+    rest (the unaligned head of the window and the part not yet rolled up)."""
+    tally = _Tally()
+    levels = [("1h", UnitRollup1h, timedelta(hours=1))] if hourly else []
+    levels.append(("1m", UnitRollup1m, timedelta(minutes=1)))
+    cursor = since
+    raw_head_done = False
+    for level, model, step in levels:
+        wm = _watermark(session, level)
+        if wm is None:
+            continue
+        start = _ceil(cursor, step)
+        end = min(wm, until)
+        end = start + ((end - start) // step) * step if end > start else start
+        if end <= start:
+            continue
+        if not raw_head_done:
+            _add_raw(session, tally, cursor, start, ids, stages)  # the unaligned head
+            raw_head_done = True
+        _add_rollups(session, tally, model, start, end, ids, stages)
+        cursor = end
+    _add_raw(session, tally, cursor, until, ids, stages)
+    return tally
+
+
+# -- SLO ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SloStatus:
+    """SLO compliance over one window ending at the caller's ``now``.
+
+    Attributes
+    ----------
+    window
+        Span looked at.
+    requests
+        Requests handled by the units in the window.
+    good
+        Requests that met both budgets (end to end ≤ 3,000 ms and server part ≤ 2,000 ms) and
+        did not fail. Errors count as not good.
+    compliance
+        ``good / requests`` (0–1); None without requests.
+    e2e_compliance, server_compliance
+        Share of requests within each budget alone (0–1); None without requests.
+    error_budget_burn_rate
+        ``(1 − compliance) / (1 − SLO_TARGET)``: 1.0 spends the error budget exactly over the
+        window, 2.0 twice as fast; None without requests.
+    """
+
+    window: timedelta
+    requests: int
+    good: int
+    compliance: float | None
+    e2e_compliance: float | None
+    server_compliance: float | None
+    error_budget_burn_rate: float | None
+
+    @property
+    def burn_rate(self) -> float | None:
+        """Alias of :attr:`error_budget_burn_rate` (used by the alert rules)."""
+        return self.error_budget_burn_rate
+
+    @property
+    def met(self) -> bool | None:
+        """True when compliance reaches :data:`SLO_TARGET`; None without requests."""
+        return None if self.compliance is None else self.compliance >= SLO_TARGET - 1e-12
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able figures (window in seconds)."""
+        return {"window_s": self.window.total_seconds(), "requests": self.requests, "good": self.good,
+                "compliance": self.compliance, "e2e_compliance": self.e2e_compliance,
+                "server_compliance": self.server_compliance, "burn_rate": self.burn_rate,
+                "met": self.met}
+
+
+def slo_status(session: Session, now: datetime, window: timedelta, cohort: Any | None = None) -> SloStatus:
+    """SLO compliance of the requests in ``(now − window, now]``.
+
+    Parameters
+    ----------
+    now
+        Aware UTC end of the window (the caller's clock).
+    window
+        Span; up to a day reads 1-minute rollups, beyond it 1-hour rollups (plus raw heartbeats
+        for what is not yet rolled up).
+    cohort
+        Only units matching this :class:`Cohort` (their current inventory); None: the fleet.
+    """
+    ids = cohort_unit_ids(session, cohort)
+    tally = _collect(session, now - window, now, ids, hourly=window > MINUTE_ROLLUP_MAX_WINDOW)
+    n = tally.requests
+    if n <= 0:
+        return SloStatus(window, 0, 0, None, None, None, None)
+    good = max(0, n - tally.errors - min(tally.bad_latency, n))
+    compliance = good / n
+    return SloStatus(
+        window=window, requests=n, good=good, compliance=compliance,
+        e2e_compliance=max(0.0, 1 - tally.e2e_over / n),
+        server_compliance=max(0.0, 1 - tally.server_over / n),
+        error_budget_burn_rate=(1 - compliance) / (1 - SLO_TARGET),
+    )
+
+
+def slo_report(session: Session, now: datetime, cohort: Any | None = None) -> list[SloStatus]:
+    """:func:`slo_status` for each of :data:`SLO_WINDOWS` (1 h, 24 h, 30 d), in that order."""
+    return [slo_status(session, now, w, cohort) for w in SLO_WINDOWS]
+
+
+# -- stage breakdown ----------------------------------------------------------------------------
+BREAKDOWN_COLUMNS: tuple[str, ...] = (
+    "stage", "p50_ms", "p95_ms", "baseline_p50_ms", "baseline_p95_ms", "change_p95_ms",
+    "change_p95_pct", "grew_most", "requests", "requests_per_s", "errors", "error_rate",
+)
+
+
+def stage_breakdown(session: Session, now: datetime, window: timedelta = timedelta(hours=1),
+                    baseline: timedelta = timedelta(hours=24), cohort: Any | None = None) -> pd.DataFrame:
+    """Where the 3 s go, stage by stage: this window against the baseline window before it.
+
+    Parameters
+    ----------
+    now
+        Aware UTC end of the window.
+    window
+        The span looked at, default 1 h (the page's first tile).
+    baseline
+        The span just before ``window`` to compare with, default 24 h (a day smooths out the
+        daily cycle of load).
+    cohort
+        Only units matching this :class:`Cohort`.
+
+    Returns
+    -------
+    DataFrame
+        One row per stage of :data:`fleet.models.STAGES` in request order, then ``server`` and
+        ``e2e``; columns :data:`BREAKDOWN_COLUMNS`. Latencies in ms (NaN without samples);
+        ``change_p95_ms`` / ``change_p95_pct`` compare the window's p95 with the baseline's;
+        ``grew_most`` is True on the one pipeline stage (not ``server``/``e2e``) whose p95 grew
+        most in ms, if any grew. ``requests``, ``requests_per_s``, ``errors`` and ``error_rate``
+        (0–1) are the window's, the same on every row.
+    """
+    ids = cohort_unit_ids(session, cohort)
+    cur = _collect(session, now - window, now, ids, hourly=window > MINUTE_ROLLUP_MAX_WINDOW, stages=True)
+    base = _collect(session, now - window - baseline, now - window, ids,
+                    hourly=baseline > MINUTE_ROLLUP_MAX_WINDOW, stages=True)
+    rows = []
+    for name in (*STAGES, "server", "e2e"):
+        c, b = cur.stage(name), base.stage(name)
+        p95, bp95 = c.percentile(95), b.percentile(95)
+        change = p95 - bp95
+        rows.append({
+            "stage": name, "p50_ms": c.percentile(50), "p95_ms": p95,
+            "baseline_p50_ms": b.percentile(50), "baseline_p95_ms": bp95,
+            "change_p95_ms": change, "change_p95_pct": change / bp95 * 100 if bp95 else float("nan"),
+            "grew_most": False,
+        })
+    df = pd.DataFrame(rows)
+    stage_rows = df[df["stage"].isin(STAGES) & (df["change_p95_ms"] > 0)]
+    if len(stage_rows):
+        df.loc[stage_rows["change_p95_ms"].idxmax(), "grew_most"] = True
+    seconds = window.total_seconds()
+    df["requests"] = cur.requests
+    df["requests_per_s"] = cur.requests / seconds if seconds else float("nan")
+    df["errors"] = cur.errors
+    df["error_rate"] = cur.errors / cur.requests if cur.requests else float("nan")
+    return df[list(BREAKDOWN_COLUMNS)]
+
+
+SERIES_COLUMNS: tuple[str, ...] = (
+    "bucket_start", "stage", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "requests", "errors",
+    "e2e_over_budget", "server_over_budget",
+)
+
+
+def _raw_stage_series(session: Session, since: datetime, until: datetime, bucket: timedelta,
+                      ids: list[int] | None) -> pd.DataFrame:
+    """Per bucket and stage, percentiles from raw heartbeats (the fallback of :func:`stage_p95_series`)."""
+    stmt = select(Heartbeat.received_at, Heartbeat.requests, Heartbeat.errors, Heartbeat.latency_ms).where(
+        Heartbeat.received_at > since, Heartbeat.received_at <= until)
+    buckets: dict[datetime, _Tally] = {}
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for at, n_req, n_err, latency in session.execute(_restrict(stmt, Heartbeat.unit_id, ids)):
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        start = epoch + ((at - epoch) // bucket) * bucket
+        t = buckets.setdefault(start, _Tally())
+        t.requests += int(n_req or 0)
+        t.errors += int(n_err or 0)
+        per = _request_latencies(latency)
+        t.e2e_over += sum(v > E2E_BUDGET_MS for v in per["e2e"])
+        t.server_over += sum(v > SERVER_BUDGET_MS for v in per["server"])
+        for name, values in per.items():
+            t.stage(name).samples.extend(values)
+            t.stage(name).total_ms += sum(values)
+    rows = []
+    for start in sorted(buckets):
+        t = buckets[start]
+        for name in (*STAGES, "server", "e2e"):
+            acc = t.stage(name)
+            rows.append({"bucket_start": start, "stage": name, "p50_ms": acc.percentile(50),
+                         "p95_ms": acc.percentile(95), "p99_ms": acc.percentile(99), "mean_ms": acc.mean,
+                         "requests": t.requests, "errors": t.errors,
+                         "e2e_over_budget": t.e2e_over, "server_over_budget": t.server_over})
+    return pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
+
+
+def stage_p95_series(session: Session, now: datetime, span: timedelta, cohort: Any | None = None) -> pd.DataFrame:
+    """Per-stage latency over time for the page's chart: columns :data:`SERIES_COLUMNS`.
+
+    Buckets of 1 min (span ≤ 1 h), 5 min (≤ 1 day) or 1 h: whole buckets before the rollup
+    watermark from ``fleet.rollups.stage_series`` (1-minute level up to a day, 1-hour beyond),
+    the rest from raw heartbeats. ``bucket_start`` is aware UTC; latencies in ms.
+    """
+    bucket = (timedelta(minutes=1) if span <= timedelta(hours=1)
+              else timedelta(minutes=5) if span <= timedelta(days=1) else timedelta(hours=1))
+    since = now - span
+    ids = cohort_unit_ids(session, cohort)
+    parts = []
+    raw_from = since
+    level = "1m" if span <= MINUTE_ROLLUP_MAX_WINDOW else "1h"
+    wm = _watermark(session, level)
+    if _rollups is not None and hasattr(_rollups, "stage_series") and wm is not None and wm > since:
+        end = min(now, _ceil(wm, bucket) - bucket if _ceil(wm, bucket) != wm else wm)
+        end = max(end, since)
+        try:
+            rolled = _rollups.stage_series(session, since, end, level=level, cohort=cohort, bucket=bucket)
+            parts.append(rolled.reindex(columns=list(SERIES_COLUMNS)))
+            raw_from = end
+        except TypeError:  # pragma: no cover - signature still moving
+            logger.warning("fleet.rollups.stage_series signature differs; using raw heartbeats")
+    parts.append(_raw_stage_series(session, raw_from, now, bucket, ids))
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=list(SERIES_COLUMNS))
+    return pd.concat(parts, ignore_index=True)
+
+
+# -- fleet health aggregates --------------------------------------------------------------------
+def health_aggregates(session: Session, now: datetime, by: GroupKey) -> pd.DataFrame:
+    """Fleet health per group of units, from each unit's latest heartbeat.
+
+    Parameters
+    ----------
+    now
+        Aware UTC time of the read (kept for symmetry with the other read models; the latest
+        heartbeat at or before it is used).
+    by
+        Unit column to group by: one of :data:`GROUP_KEYS`.
+
+    Returns
+    -------
+    DataFrame
+        One row per group value (sorted; units without a value under ``""``): ``by``, ``units``,
+        ``online``, ``offline``, ``degraded``, ``updating`` (unit counts by ``Unit.status``), and
+        per metric of :data:`HEALTH_METRICS` ``<metric>_p50``, ``<metric>_p95`` and
+        ``<metric>_max`` (``disk_free_mb_min`` instead of its max: low free space is the worry),
+        over the units that have a heartbeat; NaN where none has. Units as in the column names
+        (%, °C, MiB, dBFS, dBm, per hour).
+
+    Raises
+    ------
+    ValueError
+        For a ``by`` not in :data:`GROUP_KEYS`.
+    """
+    if by not in GROUP_KEYS:
+        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUP_KEYS)}")
+    latest = (select(Heartbeat.unit_id, func.max(Heartbeat.id).label("hb_id"))
+              .where(Heartbeat.received_at <= now).group_by(Heartbeat.unit_id).subquery())
+    stmt = (select(getattr(Unit, by).label("group"), Unit.status,
+                   *[getattr(Heartbeat, m) for m in HEALTH_METRICS])
+            .outerjoin(latest, latest.c.unit_id == Unit.id)
+            .outerjoin(Heartbeat, Heartbeat.id == latest.c.hb_id))
+    df = pd.DataFrame([dict(r) for r in session.execute(stmt).mappings()],
+                      columns=["group", "status", *HEALTH_METRICS])
+    df["group"] = df["group"].fillna("").astype(str)
+    rows = []
+    for group, g in sorted(df.groupby("group"), key=lambda kv: kv[0]):
+        row: dict[str, Any] = {by: group, "units": len(g)}
+        for state in ("online", "offline", "degraded", "updating"):
+            row[state] = int((g["status"] == state).sum())
+        for m in HEALTH_METRICS:
+            v = pd.to_numeric(g[m], errors="coerce").dropna().to_numpy(dtype=float)
+            row[f"{m}_p50"] = float(np.percentile(v, 50)) if len(v) else float("nan")
+            row[f"{m}_p95"] = float(np.percentile(v, 95)) if len(v) else float("nan")
+            if m == "disk_free_mb":
+                row[f"{m}_min"] = float(v.min()) if len(v) else float("nan")
+            else:
+                row[f"{m}_max"] = float(v.max()) if len(v) else float("nan")
+        rows.append(row)
+    cols = [by, "units", "online", "offline", "degraded", "updating"]
+    for m in HEALTH_METRICS:
+        cols += [f"{m}_p50", f"{m}_p95", f"{m}_min" if m == "disk_free_mb" else f"{m}_max"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# -- capacity -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CapacityPlan:
+    """Server workers and machines for a peak request rate.
+
+    Attributes
+    ----------
+    peak_rps
+        Peak requests per second planned for.
+    per_worker_rps
+        Requests per second one worker process serves.
+    headroom
+        Spare share on top of the peak (0.3 = 30 %).
+    workers
+        ``ceil(peak_rps × (1 + headroom) / per_worker_rps)``.
+    workers_per_machine
+        Worker processes per machine.
+    machines
+        ``ceil(workers / workers_per_machine)``.
+    """
+
+    peak_rps: float
+    per_worker_rps: float
+    headroom: float
+    workers: int
+    workers_per_machine: int
+    machines: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able figures."""
+        return {"peak_rps": self.peak_rps, "per_worker_rps": self.per_worker_rps, "headroom": self.headroom,
+                "workers": self.workers, "workers_per_machine": self.workers_per_machine,
+                "machines": self.machines}
+
+
+def capacity_plan(peak_rps: float, per_worker_rps: float = PER_WORKER_RPS, *, workers_per_machine: int = 2,
+                  headroom: float = 0.3) -> CapacityPlan:
+    """Workers and machines needed to serve ``peak_rps`` with ``headroom`` to spare.
+
+    Parameters
+    ----------
+    peak_rps
+        Peak requests per second (e.g. :func:`peak_request_rate`), ≥ 0.
+    per_worker_rps
+        Requests per second per worker process. Default :data:`PER_WORKER_RPS` = 1.64, measured
+        by ``benchmarks/loop_speed.py`` on this machine (one worker process, int8 qa model).
+    workers_per_machine
+        Worker processes per machine, default 2 (the benchmark machine has 2 cores and measured
+        3.28 requests/s with 2 workers, i.e. linear scaling).
+    headroom
+        Spare share above the peak, default 0.3 (30 %, for bursts and one machine down).
+
+    Raises
+    ------
+    ValueError
+        For a negative peak or headroom, or a non-positive throughput or machine size.
+    """
+    if peak_rps < 0 or headroom < 0:
+        raise ValueError(f"peak_rps ({peak_rps}) and headroom ({headroom}) must be ≥ 0")
+    if per_worker_rps <= 0 or workers_per_machine <= 0:
+        raise ValueError(f"per_worker_rps ({per_worker_rps}) and workers_per_machine "
+                         f"({workers_per_machine}) must be > 0")
+    workers = math.ceil(round(peak_rps * (1 + headroom) / per_worker_rps, 9))
+    machines = math.ceil(workers / workers_per_machine)
+    return CapacityPlan(peak_rps, per_worker_rps, headroom, workers, workers_per_machine, machines)
+
+
+def peak_request_rate(session: Session, now: datetime, window: timedelta = timedelta(days=7)) -> float:
+    """The fleet's busiest minute in ``(now − window, now]``, requests per second.
+
+    Max over minutes of (requests of all units in the minute) / 60, from 1-minute rollups up to
+    their watermark and raw heartbeats (grouped by the minute they were received in) after it;
+    0.0 without requests. Default window 7 days: one full weekly cycle.
+    """
+    since = now - window
+    per_minute: dict[datetime, int] = {}
+    cursor = since
+    wm = _watermark(session, "1m")
+    if wm is not None and wm > since:
+        start, end = _ceil(since, timedelta(minutes=1)), min(wm, now)
+        if end > start:
+            stmt = (select(UnitRollup1m.bucket_start, func.sum(UnitRollup1m.requests))
+                    .where(UnitRollup1m.bucket_start >= start, UnitRollup1m.bucket_start < end)
+                    .group_by(UnitRollup1m.bucket_start))
+            for at, n in session.execute(stmt):
+                at = at if at.tzinfo else at.replace(tzinfo=UTC)
+                per_minute[at] = per_minute.get(at, 0) + int(n or 0)
+            cursor = max(cursor, end)
+            raw_head = select(Heartbeat.received_at, Heartbeat.requests).where(
+                Heartbeat.received_at > since, Heartbeat.received_at <= start)
+            _add_minutes(per_minute, session.execute(raw_head))
+    raw = select(Heartbeat.received_at, Heartbeat.requests).where(
+        Heartbeat.received_at > cursor, Heartbeat.received_at <= now)
+    _add_minutes(per_minute, session.execute(raw))
+    return max(per_minute.values(), default=0) / 60.0
+
+
+def _add_minutes(per_minute: dict[datetime, int], rows: Iterable[Any]) -> None:
+    for at, n in rows:
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        minute = at.replace(second=0, microsecond=0)
+        per_minute[minute] = per_minute.get(minute, 0) + int(n or 0)
+
+
+def gpu_copies_per_card(card_gb: float, model_gb: float) -> int:
+    """Copies of a ``model_gb`` model that fit on one ``card_gb`` card: ``floor(card / model)``.
+
+    A 10 GB card holds one 8 GB model and two 5 GB (or 4.9 GB) ones; only a size step below
+    half (or a third…) of the card changes the count.
+
+    Raises
+    ------
+    ValueError
+        For a non-positive size.
+    """
+    if card_gb <= 0 or model_gb <= 0:
+        raise ValueError(f"card_gb ({card_gb}) and model_gb ({model_gb}) must be > 0")
+    return math.floor(card_gb / model_gb + 1e-9)
+
+
+def gpu_cards(workers_needed: int, card_gb: float, model_gb: float) -> int:
+    """Cards needed for ``workers_needed`` model copies (one per worker),
+    ``ceil(workers / copies per card)``.
+
+    Raises
+    ------
+    ValueError
+        When the model does not fit on one card at all.
+    """
+    copies = gpu_copies_per_card(card_gb, model_gb)
+    if copies == 0:
+        raise ValueError(f"a {model_gb:g} GB model does not fit on a {card_gb:g} GB card; "
+                         "choose a larger card or a smaller (e.g. int8) model")
+    return math.ceil(max(0, workers_needed) / copies)
