@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from PySide6.QtCore import QModelIndex, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QFontMetrics, QMouseEvent, QPainter
+from PySide6.QtGui import QColor, QFontMetrics, QHideEvent, QMouseEvent, QPainter, QShowEvent
 from PySide6.QtWidgets import (
     QApplication,
     QFrame,
@@ -251,3 +251,32 @@ def field_grid(fields: Sequence[tuple[str, str]], pairs_per_row: int, values: di
     for c in range(pairs_per_row):
         grid.setColumnStretch(2 * c + 1, 1)
     return grid
+
+
+class RefreshWhileVisible:
+    """Mixin for pages that refresh on ``self.timer`` only while shown (put it before ``QWidget``).
+
+    The page provides ``timer`` (a ``QTimer`` whose timeout calls ``refresh``), ``refresh()``,
+    ``_closed`` (False until shut down) and ``_jobs_in_flight()`` (its jobs that
+    :meth:`stop_refreshing` cancels).
+    """
+
+    def stop_refreshing(self) -> None:
+        """Stop the timer and cancel the jobs in flight (results dropped); no refresh after."""
+        self._closed = True
+        self.timer.stop()
+        for job in self._jobs_in_flight():
+            if job is not None and not job.is_done:
+                job.cancel()
+
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt name)
+        super().showEvent(event)
+        if self._closed:
+            return
+        if not self.timer.isActive():
+            self.timer.start()
+        self.refresh()
+
+    def hideEvent(self, event: QHideEvent) -> None:  # noqa: N802 (Qt name)
+        super().hideEvent(event)
+        self.timer.stop()

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QHideEvent, QShowEvent
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -34,7 +34,7 @@ from console.errors import ErrorReporter
 from console.formatting import format_local_time
 from console.jobs import Executors, Job
 from console.theme import StatusStyle, Theme
-from console.widgets import MessageBar, Tile
+from console.widgets import MessageBar, RefreshWhileVisible, Tile
 from fleet import alerts
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class AlertTableModel(QAbstractTableModel):
         return row[key]
 
 
-class AlertsPage(QWidget):
+class AlertsPage(RefreshWhileVisible, QWidget):
     """Open alerts at a glance, then per alert with its history.
 
     Parameters
@@ -305,24 +305,11 @@ class AlertsPage(QWidget):
 
     def shutdown(self) -> None:
         """Stop the timer and cancel jobs in flight; idempotent."""
-        self._closed = True
-        self.timer.stop()
-        for job in (self._refresh_job, self._action_job):
-            if job is not None and not job.is_done:
-                job.cancel()
+        self.stop_refreshing()
 
-    # -- visibility drives the timer ----------------------------------------------------
-    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802
-        super().showEvent(event)
-        if self._closed:
-            return
-        if not self.timer.isActive():
-            self.timer.start()
-        self.refresh()
+    def _jobs_in_flight(self) -> tuple:
+        return (self._refresh_job, self._action_job)
 
-    def hideEvent(self, event: QHideEvent) -> None:  # noqa: N802
-        super().hideEvent(event)
-        self.timer.stop()
 
     # -- internals ----------------------------------------------------------------------
     def _run_action(self, action: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, Signal
-from PySide6.QtGui import QHideEvent, QShowEvent
+
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -37,7 +37,7 @@ from console.jobs import Executors, Job
 from console.models.fleet_table import VERSION_COLUMNS, FleetFilter, FleetTableModel
 from console.pages.fleet_detail import FleetDetailPanel
 from console.theme import STATUS_STYLES, Theme
-from console.widgets import MessageBar, StatusDelegate, Tile
+from console.widgets import MessageBar, RefreshWhileVisible, StatusDelegate, Tile
 from fleet.queries import fleet_snapshot, status_counts, unit_detail
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def load_detail(session_factory: Callable[[], Any], clock: Callable[[], datetime
     return FleetLoad(pd.DataFrame(), serial, detail, now)
 
 
-class FleetPage(QWidget):
+class FleetPage(RefreshWhileVisible, QWidget):
     """Fleet health at a glance, then per unit.
 
     Parameters
@@ -275,24 +275,11 @@ class FleetPage(QWidget):
     def shutdown(self) -> None:
         """Stop the timer and cancel jobs in flight (their results are dropped); no refresh
         starts afterwards."""
-        self._closed = True
-        self.timer.stop()
-        for job in (self._refresh_job, self._detail_job):
-            if job is not None and not job.is_done:
-                job.cancel()
+        self.stop_refreshing()
 
-    # -- visibility drives the timer ----------------------------------------------------
-    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802
-        super().showEvent(event)
-        if self._closed:
-            return
-        if not self.timer.isActive():
-            self.timer.start()
-        self.refresh()
+    def _jobs_in_flight(self) -> tuple:
+        return (self._refresh_job, self._detail_job)
 
-    def hideEvent(self, event: QHideEvent) -> None:  # noqa: N802
-        super().hideEvent(event)
-        self.timer.stop()
 
     # -- slots --------------------------------------------------------------------------
     def _on_timer_timeout(self) -> None:

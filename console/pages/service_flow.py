@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QHideEvent, QShowEvent
+
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -43,7 +43,7 @@ from console.pages.service_flow_views import (
     slo_tile_figure,
 )
 from console.theme import STATUS_STYLES, Theme
-from console.widgets import MessageBar, section_title
+from console.widgets import MessageBar, RefreshWhileVisible, section_title
 from fleet.models import Unit
 from fleet.slo import (
     SLO_TARGET,
@@ -105,7 +105,7 @@ def load_service_flow(session_factory: Callable[[], Any], clock: Callable[[], da
             group_by=group_by, options=cohort_options(session))
 
 
-class ServiceFlowPage(QWidget):
+class ServiceFlowPage(RefreshWhileVisible, QWidget):
     """Per-stage latency and the 3 s SLO at a glance.
 
     Parameters
@@ -286,27 +286,15 @@ class ServiceFlowPage(QWidget):
 
     def shutdown(self) -> None:
         """Stop the timer and cancel the job in flight; no refresh starts afterwards."""
-        self._closed = True
-        self.timer.stop()
-        if self._job is not None and not self._job.is_done:
-            self._job.cancel()
+        self.stop_refreshing()
+
+    def _jobs_in_flight(self) -> tuple:
+        return (self._job,)
 
     def text(self) -> str:
         """The tiles' and the breakdown's words (tests, screen readers)."""
         return " ".join([t.text() for t in self.tiles.values()] + [self.grew_label.text()])
 
-    # -- visibility drives the timer ----------------------------------------------------
-    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802
-        super().showEvent(event)
-        if self._closed:
-            return
-        if not self.timer.isActive():
-            self.timer.start()
-        self.refresh()
-
-    def hideEvent(self, event: QHideEvent) -> None:  # noqa: N802
-        super().hideEvent(event)
-        self.timer.stop()
 
     # -- slots --------------------------------------------------------------------------
     def _on_timer_timeout(self) -> None:
