@@ -35,10 +35,7 @@ from fleet.models import (
 
 logger = logging.getLogger(__name__)
 
-try:  # the rollup module is written alongside this one; use it once it is there
-    from fleet import rollups as _rollups  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the other module's progress
-    _rollups = None
+from fleet import rollups as _rollups
 
 #: Share of requests that must meet both budgets (service requirements: "95 % of requests").
 SLO_TARGET = 0.95
@@ -68,20 +65,8 @@ GroupKey = Literal["site", "hardware_rev", "firmware_version", "stt_version", "q
 
 
 # -- cohorts ------------------------------------------------------------------------------------
-if _rollups is not None and hasattr(_rollups, "Cohort"):
-    Cohort = _rollups.Cohort
-else:
-    @dataclass(frozen=True)
-    class Cohort:  # type: ignore[no-redef]
-        """Which units to count; every field optional (None: any). ``tag`` is one of ``Unit.tags``."""
-
-        site: str | None = None
-        hardware_rev: str | None = None
-        firmware_version: str | None = None
-        stt_version: str | None = None
-        qa_version: str | None = None
-        tts_version: str | None = None
-        tag: str | None = None
+#: A slice of the fleet (see :class:`fleet.rollups.Cohort`).
+Cohort = _rollups.Cohort
 
 _COHORT_FIELDS = ("site", "hardware_rev", "firmware_version", "stt_version", "qa_version", "tts_version")
 
@@ -117,26 +102,10 @@ def _hist_of(values: Iterable[float]) -> np.ndarray:
 
 def hist_percentile(counts: Iterable[int], q: float) -> float:
     """The ``q``-th percentile (0–100), ms, of a :data:`LATENCY_EDGES_MS` histogram, linearly
-    interpolated inside its bucket; NaN for an empty histogram. Uses
-    ``fleet.rollups.hist_percentile`` when that module provides it."""
-    counts = np.asarray(list(counts), dtype=float)
-    if _rollups is not None and hasattr(_rollups, "hist_percentile"):
-        value = _rollups.hist_percentile(counts.astype(int).tolist(), q)
-        return float("nan") if value is None else float(value)
-    total = counts.sum()
-    if total <= 0:
-        return float("nan")
-    rank = q / 100.0 * total
-    cum = np.cumsum(counts)
-    i = int(np.searchsorted(cum, rank, side="left"))
-    i = min(i, len(counts) - 1)
-    lo = 0.0 if i == 0 else _EDGES[i - 1]
-    if i >= len(_EDGES):
-        return float(lo)  # open last bucket: its lower edge
-    hi = _EDGES[i]
-    before = cum[i - 1] if i else 0.0
-    frac = (rank - before) / counts[i] if counts[i] else 0.0
-    return float(lo + (hi - lo) * min(max(frac, 0.0), 1.0))
+    interpolated inside its bucket (:func:`fleet.rollups.hist_percentile`); NaN for an empty
+    histogram."""
+    value = _rollups.hist_percentile([int(c) for c in counts], q)
+    return float("nan") if value is None else float(value)
 
 
 @dataclass
@@ -471,15 +440,12 @@ def stage_p95_series(session: Session, now: datetime, span: timedelta, cohort: A
     raw_from = since
     level = "1m" if span <= MINUTE_ROLLUP_MAX_WINDOW else "1h"
     wm = _watermark(session, level)
-    if _rollups is not None and hasattr(_rollups, "stage_series") and wm is not None and wm > since:
+    if wm is not None and wm > since:
         end = min(now, _ceil(wm, bucket) - bucket if _ceil(wm, bucket) != wm else wm)
         end = max(end, since)
-        try:
-            rolled = _rollups.stage_series(session, since, end, level=level, cohort=cohort, bucket=bucket)
-            parts.append(rolled.reindex(columns=list(SERIES_COLUMNS)))
-            raw_from = end
-        except TypeError:  # pragma: no cover - signature still moving
-            logger.warning("fleet.rollups.stage_series signature differs; using raw heartbeats")
+        rolled = _rollups.stage_series(session, since, end, level=level, cohort=cohort, bucket=bucket)
+        parts.append(rolled.reindex(columns=list(SERIES_COLUMNS)))
+        raw_from = end
     parts.append(_raw_stage_series(session, raw_from, now, bucket, ids))
     parts = [p for p in parts if len(p)]
     if not parts:
