@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up everything that is missing first.
-.PHONY: run test setup lint
+.PHONY: run test setup
 
 setup:
 	@scripts/bootstrap.sh
@@ -7,6 +7,12 @@ setup:
 run: setup
 	.venv/bin/speakerops demo
 
+# The core's tests run in one process without Qt windows (HOUSE_STYLE); each console test file
+# (pytest-qt, offscreen) runs in a process of its own. Many windows with pyqtgraph charts and
+# background jobs in one process crashed intermittently (open defect, see the issue notes).
 test: setup
 	.venv/bin/lint-imports
-	QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest -q -p no:cacheprovider --ignore-glob='tests/test_console*.py' $(PYTEST_ARGS)
+	set -e; for f in tests/test_console*.py; do \
+	  QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest -q -p no:cacheprovider $$f $(PYTEST_ARGS); \
+	done

@@ -32,6 +32,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+# imported here, not in the maintenance thread: first imports on worker threads crashed Qt
+from fleet import alerts, rollups, slo  # noqa: F401  (slo: used by alerts' burn-rate rules)
 from fleet.errors import HealthReportError, UnitUnreachable
 from fleet.health import HealthReport, parse_health
 from fleet.models import CollectorStatus, Heartbeat, Unit
@@ -394,11 +396,6 @@ class Collector:
     def _maintain(self, now: datetime) -> None:
         """Rollups, alert rules and retention; a failure is logged and kept in
         ``last_maintenance_error``, never raised: collection goes on."""
-        try:
-            from fleet import alerts, rollups
-        except ImportError as exc:  # pragma: no cover - both ship with fleet
-            self.last_maintenance_error = f"maintenance unavailable: {exc}"
-            return
         steps = [("alerts", lambda s: alerts.evaluate(s, now))]
         if self._last_rollup is None:  # first maintenance of this process: the built-in rules exist
             steps.insert(0, ("alert rules", lambda s: alerts.ensure_builtin_rules(s, now)))

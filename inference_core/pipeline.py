@@ -23,9 +23,18 @@ from typing import Any
 import jiwer
 import numpy as np
 
+from inference_core.answers import Answerer
 from inference_core.audio import Audio, load_audio
 from inference_core.bundles import DEFAULT_VERSIONS, MODEL_KINDS, Bundle, build_default_bundles, bundle_dir, load_bundle
+from inference_core.denoise import denoise
 from inference_core.errors import AudioFormatError, InferenceError
+from inference_core.qa import IntentClassifier
+from inference_core.quality import environment
+from inference_core.stt import GeneralRecognizer, Recognizer
+from inference_core.templates import TemplateSet
+from inference_core.tts import Synthesizer
+from inference_core.vad import SileroVad
+from speakerops.timeutil import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -176,14 +185,6 @@ class VoiceLoop:
     """
 
     def __init__(self, bundles: dict[str, Bundle], options: LoopOptions | None = None, clock=None) -> None:
-        from inference_core.answers import Answerer
-        from inference_core.qa import IntentClassifier
-        from inference_core.stt import GeneralRecognizer, Recognizer
-        from inference_core.templates import TemplateSet
-        from inference_core.tts import Synthesizer
-        from inference_core.vad import SileroVad
-        from speakerops.timeutil import utc_now
-
         t0 = time.perf_counter()
         self.options = options or LoopOptions()
         self.bundles = dict(bundles)
@@ -248,8 +249,6 @@ class VoiceLoop:
         ``reference`` (what was said), ``expected_intent`` and ``expected_speakers`` are optional
         ground truth: with them the result carries WER, the alignment and the requirement checks.
         """
-        from inference_core.quality import environment
-
         name = source.source if isinstance(source, Audio) else ("<bytes>" if isinstance(source, bytes) else str(source))
         result = LoopResult(audio=name, reference=reference, expected_speakers=expected_speakers)
         t = time.perf_counter()
@@ -324,7 +323,6 @@ class VoiceLoop:
         return result
 
     def _denoise(self, samples: np.ndarray, rate: int, snr: float | None):
-        from inference_core.denoise import denoise
         method = self.options.denoise
         if method == "auto":
             method = "rnnoise" if snr is not None and snr < AUTO_DENOISE_SNR_DB else "none"

@@ -23,7 +23,11 @@ from typing import Any
 import numpy as np
 
 from console.formatting import MISSING, format_number
+# The jobs' modules are imported here, on the GUI thread: a first import of scikit-learn on a
+# worker thread while Qt's event loop ran crashed the console test suite (segmentation fault).
 from inference_core.bundles import DEFAULT_VERSIONS, MANIFEST, bundle_dir
+from inference_core.evaluate import evaluate
+from inference_core.report_html import render_evaluation
 from inference_core.pipeline import STAGES, Check, LoopOptions, LoopResult, Utterance, VoiceLoop
 
 logger = logging.getLogger(__name__)
@@ -118,7 +122,6 @@ def evaluate_manifest(loop: VoiceLoop, manifest: Path, denoise: str, sink: queue
     FileNotFoundError
         If the manifest does not exist.
     """
-    from inference_core.evaluate import evaluate
 
     loop.options.denoise = denoise
     result = evaluate(Path(manifest), loop, report=report, cancelled=cancelled)
@@ -134,7 +137,6 @@ def write_report_html(report: dict[str, Any], reports_dir: Path, now: datetime) 
     Path
         ``<reports_dir>/evaluation-<YYYYmmdd-HHMMSS>.html``.
     """
-    from inference_core.report_html import render_evaluation
 
     out = Path(reports_dir) / f"evaluation-{now.strftime('%Y%m%d-%H%M%S')}.html"
     return render_evaluation(report, out)
