@@ -122,3 +122,36 @@ def espeak(text: str, out: Path, voice: str = "en-us", speed_wpm: int = 165) -> 
     subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-w", str(out), text],
                    check=True, capture_output=True)
     return out
+
+
+# -- console (pytest-qt) fixtures; Qt is imported inside them so the core tests stay Qt-free ----
+@pytest.fixture
+def reporter(qapp):
+    """The console's error reporter; its dialogs are closed after the test."""
+    from console.errors import ErrorReporter
+
+    rep = ErrorReporter(show_dialogs=True)
+    yield rep
+    rep.close_dialogs()
+
+
+@pytest.fixture
+def executors(reporter):
+    """The console's executors; the test fails if any job thread is left running."""
+    import threading
+
+    from PySide6.QtCore import QThreadPool
+
+    from console.jobs import Executors
+
+    before = {t.ident for t in threading.enumerate()}
+    ex = Executors(reporter)
+    yield ex
+    assert ex.shutdown(timeout_s=30)
+    assert ex.active_thread_count() == 0
+    for pool_ex in ex.all():
+        assert pool_ex._pool.activeThreadCount() == 0
+    assert QThreadPool.globalInstance().activeThreadCount() == 0
+    leftover = [t for t in threading.enumerate() if t.ident not in before
+                and not isinstance(t, threading._DummyThread) and t.is_alive()]
+    assert leftover == [], f"threads left running: {leftover}"

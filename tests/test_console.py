@@ -109,28 +109,6 @@ def ctx(db_url: str):
 
 
 @pytest.fixture
-def reporter(qapp) -> ErrorReporter:
-    rep = ErrorReporter(show_dialogs=True)
-    yield rep
-    rep.close_dialogs()
-
-
-@pytest.fixture
-def executors(reporter):
-    before = {t.ident for t in threading.enumerate()}
-    ex = Executors(reporter)
-    yield ex
-    assert ex.shutdown(timeout_s=10)
-    assert ex.active_thread_count() == 0
-    for pool_ex in ex.all():
-        assert pool_ex._pool.activeThreadCount() == 0
-    assert QThreadPool.globalInstance().activeThreadCount() == 0
-    leftover = [t for t in threading.enumerate() if t.ident not in before
-                and not isinstance(t, threading._DummyThread) and t.is_alive()]
-    assert leftover == [], f"threads left running: {leftover}"
-
-
-@pytest.fixture
 def window(qtbot, ctx: AppContext, executors: Executors, reporter: ErrorReporter, tmp_path: Path):
     qsettings = QSettings(str(tmp_path / "console.ini"), QSettings.Format.IniFormat)
     DARK.apply(QApplication.instance())

@@ -15,13 +15,11 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import json
 import shutil
 import subprocess
-import threading
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QThreadPool
 
 from console.errors import ErrorReporter
 from console.jobs import Executors
@@ -69,26 +67,6 @@ def shared_loop(models_root: Path):
     the same models and stages, for the tests about batches rather than figures."""
     options = LoopOptions(mos=False, speakers=False, general_transcript=False)
     return load_voice_loop(models_root, options, report=lambda fraction, message: None)
-
-
-@pytest.fixture
-def reporter(qapp) -> ErrorReporter:
-    rep = ErrorReporter(show_dialogs=True)
-    yield rep
-    rep.close_dialogs()
-
-
-@pytest.fixture
-def executors(reporter: ErrorReporter):
-    before = {t.ident for t in threading.enumerate()}
-    ex = Executors(reporter)
-    yield ex
-    assert ex.shutdown(timeout_s=30)
-    assert ex.active_thread_count() == 0
-    assert QThreadPool.globalInstance().activeThreadCount() == 0
-    leftover = [t for t in threading.enumerate() if t.ident not in before
-                and not isinstance(t, threading._DummyThread) and t.is_alive()]
-    assert leftover == [], f"threads left running: {leftover}"
 
 
 @pytest.fixture

@@ -10,17 +10,14 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QThreadPool, QTimer
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from console.bootstrap import build
-from console.errors import ErrorReporter
-from console.jobs import Executors
 from console.pages.service_flow import ServiceFlowPage
 from console.theme import DARK
 from fleet.models import STAGES, Heartbeat, Unit
@@ -61,26 +58,6 @@ def ctx(tmp_path: Path, clock):
     seed(context.session_factory, clock())
     yield context
     context.close()
-
-
-@pytest.fixture
-def reporter(qapp):
-    rep = ErrorReporter(show_dialogs=True)
-    yield rep
-    rep.close_dialogs()
-
-
-@pytest.fixture
-def executors(reporter):
-    before = {t.ident for t in threading.enumerate()}
-    ex = Executors(reporter)
-    yield ex
-    assert ex.shutdown(timeout_s=10)
-    assert ex.active_thread_count() == 0
-    assert QThreadPool.globalInstance().activeThreadCount() == 0
-    leftover = [t for t in threading.enumerate() if t.ident not in before
-                and not isinstance(t, threading._DummyThread) and t.is_alive()]
-    assert leftover == [], f"threads left running: {leftover}"
 
 
 @pytest.fixture
