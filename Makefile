@@ -12,6 +12,7 @@ run: setup
 # background jobs in one process crashed intermittently (open defect, see the issue notes).
 test: setup
 	.venv/bin/lint-imports
+	.venv/bin/ruff check speakerops fleet feedback inference_core console tests benchmarks
 	QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest -q -p no:cacheprovider --ignore-glob='tests/test_console*.py' $(PYTEST_ARGS)
 	set -e; for f in tests/test_console*.py; do \
 	  QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest -q -p no:cacheprovider $$f $(PYTEST_ARGS); \

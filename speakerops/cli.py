@@ -8,7 +8,6 @@ that rejected some rows; the report lists them).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -16,15 +15,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from speakerops.runtime import Runtime, build_runtime
+from speakerops.cli_common import DbUrl, JsonOut, _db_url, _emit, _fail, _runtime
 
 logger = logging.getLogger(__name__)
 
@@ -34,33 +31,6 @@ units_app = typer.Typer(help="Fleet inventory: import and list units.", no_args_
 db_app = typer.Typer(help="Database schema and status.", no_args_is_help=True)
 app.add_typer(units_app, name="units")
 app.add_typer(db_app, name="db")
-
-DbUrl = Annotated[str | None, typer.Option("--db-url", envvar="SPEAKEROPS_DB_URL",
-                                           help="SQLAlchemy URL; default SQLite in SPEAKEROPS_DATA_DIR.")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _emit(data: Any, as_json: bool, text: str) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str) if as_json else text)
-
-
-@contextmanager
-def _runtime(db_url: str | None) -> Iterator[Runtime]:
-    try:
-        rt = build_runtime(db_url)
-    except OperationalError as exc:
-        raise _fail(f"cannot open the database: {str(exc.orig).strip()}. Check SPEAKEROPS_DB_URL "
-                    "(or --db-url) and that the server is running.") from exc
-    try:
-        yield rt
-    finally:
-        rt.close()
-
 
 @app.callback(invoke_without_command=True)
 def root(ctx: typer.Context, db_url: DbUrl = None,
@@ -73,10 +43,6 @@ def root(ctx: typer.Context, db_url: DbUrl = None,
         from console.app import main as console_main
 
         raise typer.Exit(console_main([], db_url=db_url, collect=True))
-
-
-def _db_url(ctx: typer.Context, db_url: str | None) -> str | None:
-    return db_url or (ctx.obj or {}).get("db_url")
 
 
 # -- units ----------------------------------------------------------------------------------------
@@ -452,9 +418,12 @@ def db_prune(ctx: typer.Context, as_json: JsonOut = False, db_url: DbUrl = None)
                          + "deleted: " + ", ".join(f"{n} {t}" for t, n in deleted.items()))
 
 
-from speakerops import cli_voice  # noqa: E402  (adds diagnose, evaluate, models build)
+from speakerops import cli_audit, cli_feedback, cli_rollout, cli_voice  # noqa: E402
 
-cli_voice.register(app)
+cli_voice.register(app)  # diagnose, evaluate, models build
+cli_rollout.register(app)  # models import|list|show|alias|evaluate, rollout … (issue #5)
+cli_feedback.register(app)  # feedback …, tickets …, trends, serve-feedback (issue #6)
+cli_audit.register(app)  # audit list|verify
 
 
 def main() -> None:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import sqlite3
 import threading
-from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, func, select

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 import fleet.models  # noqa: F401  (registers the fleet tables on Base.metadata)
+import speakerops.audit  # noqa: F401  (the audit_log table)
 from speakerops.db import Base
 
 target_metadata = Base.metadata
