@@ -1,7 +1,7 @@
 """rollouts, rollout groups and per-unit rollout state (issue #5)
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-21
 """
 import sqlalchemy as sa  # noqa: F401
