@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from fleet.errors import FleetError
 from fleet.models import SEVERITIES, Alert, AlertEvent, AlertRule, Heartbeat, Unit
+from speakerops import audit
 
 logger = logging.getLogger(__name__)
 
@@ -375,7 +376,8 @@ def acknowledge(session: Session, alert_id: int, actor: str, now: datetime) -> A
         raise AlertStateError(f"alert #{alert_id} is {alert.state}; only open alerts can be acknowledged")
     alert.state, alert.acknowledged_at, alert.acknowledged_by = "acknowledged", now, actor
     session.add(AlertEvent(alert_id=alert.id, at=now, kind="acknowledged", actor=actor, detail=""))
-    session.flush()
+    audit.record(session, "alert.ack", "alert", alert.id, before={"state": "open"},
+                 after={"state": "acknowledged"}, actor=actor, clock=lambda: now)
     return alert
 
 
@@ -393,9 +395,11 @@ def resolve(session: Session, alert_id: int, actor: str, now: datetime) -> Alert
     alert = _get(session, alert_id)
     if alert.state == "resolved":
         raise AlertStateError(f"alert #{alert_id} is already resolved (by {alert.resolved_by})")
+    before = alert.state
     alert.state, alert.resolved_at, alert.resolved_by = "resolved", now, actor
     session.add(AlertEvent(alert_id=alert.id, at=now, kind="resolved", actor=actor, detail="by hand"))
-    session.flush()
+    audit.record(session, "alert.resolve", "alert", alert.id, before={"state": before},
+                 after={"state": "resolved"}, actor=actor, clock=lambda: now)
     return alert
 
 

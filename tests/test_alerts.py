@@ -8,6 +8,8 @@ import types
 from datetime import datetime, timedelta
 
 import pytest
+
+from speakerops import audit
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -176,6 +178,9 @@ def test_ack_and_resolve_with_history(runtime, clock, no_slo) -> None:
         events = alert_events(s, alert_id)
         assert [(e["kind"], e["actor"]) for e in events] == [
             ("opened", "rule"), ("acknowledged", "kim"), ("resolved", "lee")]
+        trail = audit.entries(s, target_kind="alert", target_id=alert_id)
+        assert [(e.action, e.actor, e.after["state"]) for e in trail] == [
+            ("alert.resolve", "lee", "resolved"), ("alert.ack", "kim", "acknowledged")]
         row = list_alerts(s, state="resolved")[0]
         json.dumps(row)
         assert (row["rule"], row["metric"], row["severity"]) == ("unit offline", "offline", "warning")
