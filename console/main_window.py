@@ -27,6 +27,7 @@ from console.errors import ErrorReporter
 from console.formatting import format_age, format_local_time, format_number
 from console.jobs import Executors, Job
 from console.pages.alerts import AlertsPage, read_open_count
+from console.pages.audit import AuditPage
 from console.pages.diagnostics import DiagnosticsPage
 from console.pages.fleet import FleetPage
 from console.pages.service_flow import ServiceFlowPage
@@ -36,10 +37,12 @@ from fleet.queries import collector_statuses
 
 logger = logging.getLogger(__name__)
 
-#: Navigation entries, in order.
-NAV_ENTRIES: tuple[str, ...] = ("Fleet", *(p.name for p in PLANNED_PAGES))
-#: The Alerts entry, after :data:`NAV_ENTRIES`; the navigation shows it as "Alerts (N)", N open.
+#: The Alerts entry; the navigation shows it as "Alerts (N)", N open.
 ALERTS_ENTRY = "Alerts"
+#: Navigation entries, in order: the operator's pages, then the technician's, the product
+#: owner's, and the audit trail everyone may read.
+NAV_ENTRIES: tuple[str, ...] = ("Fleet", "Service flow", ALERTS_ENTRY, "Models", "Rollouts", "Diagnostics",
+                                "Tickets", "Feedback", "Audit")
 #: Seconds between refreshes of the Alerts badge, whether or not the page is shown.
 ALERTS_BADGE_INTERVAL_S = 10.0
 
@@ -106,19 +109,21 @@ class MainWindow(QMainWindow):
         self.stack = QStackedWidget()
         self.fleet_page = FleetPage(ctx.session_factory, ctx.clock, executors, reporter, theme,
                                     refresh_interval_s=refresh_interval_s)
-        self.stack.addWidget(self.fleet_page)
+        self.service_flow_page = ServiceFlowPage(ctx.session_factory, ctx.clock, executors, reporter, theme)
+        self.alerts_page = AlertsPage(ctx.session_factory, ctx.clock, executors, reporter, theme)
         self.diagnostics_page = DiagnosticsPage(
             ctx.models_root or ctx.settings.data_dir / "models", executors, reporter, theme,
             reports_dir=ctx.settings.data_dir / "reports", clock=ctx.clock)
-        self.service_flow_page = ServiceFlowPage(ctx.session_factory, ctx.clock, executors, reporter, theme)
-        built = {"Diagnostics": self.diagnostics_page, "Service flow": self.service_flow_page}
-        self.stub_pages = [StubPage(p) for p in PLANNED_PAGES if p.name not in built]
-        for p in PLANNED_PAGES:
-            self.stack.addWidget(built.get(p.name) or next(s for s in self.stub_pages if s.page is p))
-        self.alerts_page = AlertsPage(ctx.session_factory, ctx.clock, executors, reporter, theme)
-        self.stack.addWidget(self.alerts_page)
-        self.nav.addItem(ALERTS_ENTRY)
-        self.alerts_nav_item = self.nav.item(len(NAV_ENTRIES))
+        self.audit_page = AuditPage(ctx.session_factory, ctx.clock, executors, reporter, theme)
+        #: Every page by navigation entry (stub pages for those not built yet).
+        self.pages: dict[str, QWidget] = {
+            "Fleet": self.fleet_page, "Service flow": self.service_flow_page, ALERTS_ENTRY: self.alerts_page,
+            "Diagnostics": self.diagnostics_page, "Audit": self.audit_page}
+        self.stub_pages = [StubPage(p) for p in PLANNED_PAGES if p.name not in self.pages]
+        self.pages.update({s.page.name: s for s in self.stub_pages})
+        for name in NAV_ENTRIES:
+            self.stack.addWidget(self.pages[name])
+        self.alerts_nav_item = self.nav.item(NAV_ENTRIES.index(ALERTS_ENTRY))
         self._alerts_count_job: Job | None = None
         self.alerts_page.sig_open_count.connect(self._on_alerts_page_open_count)
         self.alerts_page.sig_changed.connect(lambda *_: self._refresh_alerts_badge())
@@ -205,10 +210,9 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if isinstance(app, QApplication):
             theme.apply(app)
-        self.fleet_page.apply_theme(theme)
-        self.diagnostics_page.apply_theme(theme)
-        self.service_flow_page.apply_theme(theme)
-        self.alerts_page.apply_theme(theme)
+        for page in self.pages.values():
+            if hasattr(page, "apply_theme"):
+                page.apply_theme(theme)
         self.theme_actions[name].setChecked(True)
         self.sig_theme_changed.emit(name)
 
@@ -222,9 +226,9 @@ class MainWindow(QMainWindow):
         Raises
         ------
         ValueError
-            For a name not in :data:`NAV_ENTRIES` nor :data:`ALERTS_ENTRY`.
+            For a name not in :data:`NAV_ENTRIES`.
         """
-        self.nav.setCurrentRow(len(NAV_ENTRIES) if name == ALERTS_ENTRY else NAV_ENTRIES.index(name))
+        self.nav.setCurrentRow(NAV_ENTRIES.index(name))
         return self.stack.currentWidget()
 
     def _on_nav_current_row_changed(self, row: int) -> None:
@@ -335,12 +339,11 @@ class MainWindow(QMainWindow):
         self.status_timer.stop()
         self.alerts_badge_timer.stop()
         self.ctx.remove_cycle_listener(self.bridge.deliver)
-        self.fleet_page.shutdown()
-        self.alerts_page.shutdown()
+        for page in self.pages.values():
+            if hasattr(page, "shutdown"):
+                page.shutdown()
         if self._alerts_count_job is not None and not self._alerts_count_job.is_done:
             self._alerts_count_job.cancel()
-        self.diagnostics_page.shutdown()
-        self.service_flow_page.shutdown()
         if self._status_job is not None and not self._status_job.is_done:
             self._status_job.cancel()
         self.reporter.close_dialogs()

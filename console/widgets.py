@@ -97,6 +97,10 @@ class Tile(QFrame):
         """Show ``value`` (``"—"`` for None)."""
         self._value.setText("—" if value is None else f"{value:,}")
 
+    def set_text(self, text: str) -> None:
+        """Show a short word instead of a number (e.g. ``"✔ intact"``)."""
+        self._value.setText(text)
+
     def colour_and_glyph(self, theme: Theme) -> tuple[str, str]:
         """The tile's colour and glyph: the status palette for unit states, else the accent."""
         if self.key in ("online", "degraded", "updating", "offline", "unknown"):

@@ -34,12 +34,10 @@ class PlannedPage:
 
 #: The pages after Fleet, in navigation order.
 PLANNED_PAGES: tuple[PlannedPage, ...] = (
-    PlannedPage("Service flow", "per-stage latency and the 3 s SLO.", (4,)),
-    PlannedPage("Rollouts", "model versions, rollout groups, gates, pause and rollback.", (5,)),
-    PlannedPage("Diagnostics", "run a recording through the voice pipeline on a unit or a file: "
-                "timings, transcript, intent, answer and voice quality.", (3, 7)),
+    PlannedPage("Models", "the model registry: versions, signatures, evaluation results and aliases.", (5,)),
+    PlannedPage("Rollouts", "rollout plans, groups, gates, live progress, pause and rollback.", (5,)),
+    PlannedPage("Tickets", "A/S tickets, their SLA timers and backlog age.", (6,)),
     PlannedPage("Feedback", "user feedback and its trends per model version.", (6,)),
-    PlannedPage("Tickets", "support tickets, their SLA timers and backlog age.", (6,)),
 )
 
 
