@@ -29,9 +29,13 @@ from console.jobs import Executors, Job
 from console.pages.alerts import AlertsPage, read_open_count
 from console.pages.audit import AuditPage
 from console.pages.diagnostics import DiagnosticsPage
+from console.pages.feedback import FeedbackPage
 from console.pages.fleet import FleetPage
+from console.pages.models import ModelsPage
+from console.pages.rollouts import RolloutsPage
 from console.pages.service_flow import ServiceFlowPage
 from console.pages.stub import PLANNED_PAGES, StubPage
+from console.pages.tickets import TicketsPage
 from console.theme import THEMES, Theme
 from fleet.queries import collector_statuses
 
@@ -45,6 +49,15 @@ NAV_ENTRIES: tuple[str, ...] = ("Fleet", "Service flow", ALERTS_ENTRY, "Models",
                                 "Tickets", "Feedback", "Audit")
 #: Seconds between refreshes of the Alerts badge, whether or not the page is shown.
 ALERTS_BADGE_INTERVAL_S = 10.0
+
+
+def make_rollout_runner(ctx: AppContext) -> Any:
+    """The rollout engine over SSH for the Rollouts page (built when a rollout is started)."""
+    from fleet.rollout import RolloutRunner
+    from fleet.ssh import SshConnector
+
+    connector = SshConnector(ctx.session_factory, data_dir=ctx.settings.data_dir, clock=ctx.clock)
+    return RolloutRunner(ctx.session_factory, connector, ctx.clock)
 
 
 def read_collector_statuses(session_factory: Callable[[], Any]) -> list[dict[str, Any]]:
@@ -115,10 +128,19 @@ class MainWindow(QMainWindow):
             ctx.models_root or ctx.settings.data_dir / "models", executors, reporter, theme,
             reports_dir=ctx.settings.data_dir / "reports", clock=ctx.clock)
         self.audit_page = AuditPage(ctx.session_factory, ctx.clock, executors, reporter, theme)
+        self.models_page = ModelsPage(ctx.session_factory, ctx.clock, executors, reporter, theme,
+                                      data_dir=ctx.settings.data_dir)
+        self.rollouts_page = RolloutsPage(ctx.session_factory, ctx.clock, executors, reporter, theme,
+                                          runner_factory=lambda: make_rollout_runner(ctx))
+        self.tickets_page = TicketsPage(ctx.session_factory, ctx.clock, executors, reporter, theme)
+        self.feedback_page = FeedbackPage(ctx.session_factory, ctx.clock, executors, reporter, theme,
+                                          models_root=ctx.models_root)
+        self.feedback_page.sig_create_ticket.connect(self._on_feedback_page_create_ticket)
         #: Every page by navigation entry (stub pages for those not built yet).
         self.pages: dict[str, QWidget] = {
             "Fleet": self.fleet_page, "Service flow": self.service_flow_page, ALERTS_ENTRY: self.alerts_page,
-            "Diagnostics": self.diagnostics_page, "Audit": self.audit_page}
+            "Diagnostics": self.diagnostics_page, "Audit": self.audit_page, "Models": self.models_page,
+            "Rollouts": self.rollouts_page, "Tickets": self.tickets_page, "Feedback": self.feedback_page}
         self.stub_pages = [StubPage(p) for p in PLANNED_PAGES if p.name not in self.pages]
         self.pages.update({s.page.name: s for s in self.stub_pages})
         for name in NAV_ENTRIES:
@@ -230,6 +252,10 @@ class MainWindow(QMainWindow):
         """
         self.nav.setCurrentRow(NAV_ENTRIES.index(name))
         return self.stack.currentWidget()
+
+    def _on_feedback_page_create_ticket(self, feedback_id: int) -> None:
+        self.show_page("Tickets")
+        self.tickets_page.ask_create_from_feedback(feedback_id)
 
     def _on_nav_current_row_changed(self, row: int) -> None:
         if row >= 0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from speakerops.db import Base
@@ -257,3 +257,89 @@ class AlertEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+# -- model registry and SSH known hosts (issue #5) -------------------------------------------------
+class ModelVersion(Base):
+    """One model version in the registry: a signed bundle stored under
+    ``<data_dir>/registry/<kind>/<version>/`` (see :mod:`fleet.registry`)."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("kind", "version", name="uq_model_versions_kind_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), index=True)  # stt | qa | tts
+    version: Mapped[str] = mapped_column(String(64))
+    #: ``{name: {"sha256": hex, "bytes": n}}`` as in the bundle's manifest.
+    files: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    artifact_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: SHA-256 of the manifest's canonical bytes (what the signature covers).
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    #: Ed25519 signature over the canonical manifest, base64.
+    signature: Mapped[str] = mapped_column(Text)
+    #: First 16 hex digits of the SHA-256 of the raw signing public key.
+    key_id: Mapped[str] = mapped_column(String(16))
+    notes: Mapped[str] = mapped_column(Text, default="")
+    #: The ``metadata`` object of the manifest (templates hash, quantized, voice …).
+    bundle_metadata: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: When the bundle was built (manifest ``created_at``), if it says.
+    built_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    #: The stored, signed copy of the bundle.
+    source_path: Mapped[str] = mapped_column(Text)
+    #: Report of ``speakerops evaluate --json`` / ``inference_core.evaluate.evaluate`` (or None).
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    evaluated_at: Mapped[datetime | None]
+    #: All applicable service requirements passed (None: not evaluated, or nothing applicable).
+    evaluation_passed: Mapped[bool | None]
+    #: Verdicts per requirement: ``[{"key", "label", "target", "value", "passed"}, ...]``.
+    requirements: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    #: An operator's override of a failed evaluation gate (the reason is also in the audit log).
+    gate_override_reason: Mapped[str | None] = mapped_column(Text)
+    gate_override_by: Mapped[str | None] = mapped_column(String(128))
+    gate_override_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"ModelVersion({self.kind!r}, {self.version!r})"
+
+
+class ModelAlias(Base):
+    """A named pointer to a version of a kind (MLflow-style ``production``, ``canary``)."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("kind", "alias", name="uq_model_aliases_kind_alias"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    alias: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(128), default="")
+
+    version: Mapped[ModelVersion] = relationship()
+
+
+#: Known-host states: a key seen but not approved yet, approved, or refused (a changed key).
+HOST_KEY_STATES: tuple[str, ...] = ("pending", "approved", "refused")
+
+
+class KnownHost(Base):
+    """An SSH host key a unit presented, and whether an operator approved it (``fleet.ssh``)."""
+
+    __tablename__ = "known_hosts"
+    __table_args__ = (UniqueConstraint("serial", "fingerprint", name="uq_known_hosts_serial_fingerprint"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    serial: Mapped[str] = mapped_column(String(64), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int]
+    key_type: Mapped[str] = mapped_column(String(64))
+    key_base64: Mapped[str] = mapped_column(Text)
+    #: OpenSSH form ``SHA256:<base64 without padding>``.
+    fingerprint: Mapped[str] = mapped_column(String(80))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    approved_by: Mapped[str | None] = mapped_column(String(128))
+    approved_at: Mapped[datetime | None]

@@ -41,3 +41,41 @@ class CollectorSettings(BaseSettings):
     def offline_after_s(self) -> float:
         """Seconds without a heartbeat after which a unit is offline."""
         return self.interval_s * self.offline_after_factor
+
+
+class SshSettings(BaseSettings):
+    """How SpeakerOps talks SSH to units (environment prefix ``SPEAKEROPS_SSH_``).
+
+    Defaults and where they come from:
+
+    * ``client_key_path = None`` → ``<data_dir>/client_key``: the key the simulator's
+      ``ensure_client_key(data_dir)`` makes and its units accept.
+    * ``connect_timeout_s = 10``: TCP connect + SSH banner + auth on a LAN take well under 1 s;
+      10 s leaves room for a busy unit without stalling a rollout group for long.
+    * ``command_timeout_s = 60``: the longest unit-side command is ``verify-bundle`` hashing a
+      bundle (~50 MB at > 200 MB/s on a unit's CPU: well under a second).
+    * ``window_size = 64 MiB``, ``max_packet_size = 32 KiB``: paramiko's defaults are 2 MiB /
+      32 KiB; a larger window keeps downloads streaming (OpenSSH's own channel window is 2 MiB and
+      its maximum packet 32 KiB, which bound uploads).
+    * ``sftp_request_bytes = 255 KiB``: SFTP write size per request; OpenSSH's sftp-server accepts
+      messages up to 256 KiB (``SFTP_MAX_MSG_LENGTH``), paramiko writes 32 KiB by default: fewer,
+      larger requests cost less Python per byte (FIELD_NOTES: transfer settings decide how close
+      a rollout gets to ``scp``).
+    * ``install_root = "/opt/speaker"`` (docs/unit-api.md "On-unit layout"): a template where
+      ``{serial}`` stands for the unit's serial; the simulator's units live in
+      ``<sim data dir>/units/{serial}/root``.
+    * ``trust_on_first_use = False``: unknown host keys need an operator's approval; TOFU is an
+      explicit opt-in for labs only.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SPEAKEROPS_SSH_", extra="ignore")
+
+    client_key_path: str | None = Field(None, description="private key file; None: <data_dir>/client_key")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    command_timeout_s: float = Field(60.0, gt=0)
+    window_size: int = Field(64 << 20, ge=1 << 15)
+    max_packet_size: int = Field(32 << 10, ge=1 << 12)
+    sftp_request_bytes: int = Field(255 << 10, ge=1 << 12, le=(256 << 10) - 1024)
+    trust_on_first_use: bool = False
+    install_root: str = Field("/opt/speaker", description="units' install root; ``{serial}`` is replaced "
+                              "by the unit's serial (the simulator: <data_dir>/units/{serial}/root)")

@@ -188,6 +188,7 @@ def demo(ctx: typer.Context,
     """Start the simulator (200 units, 3 with SSH), import its inventory, open the console on it."""
     from console.app import main as console_main
     from fleet.inventory import import_units
+    from speakerops.demo_data import seed_demo
     from speakerops.settings import CoreSettings
 
     data_dir = CoreSettings().data_dir / "sim"
@@ -200,7 +201,16 @@ def demo(ctx: typer.Context,
                 with rt.session_factory.begin() as session:
                     report = import_units(session, inventory, rt.clock)
                 typer.echo(f"inventory: {report.created} created, {report.updated} updated")
+                with rt.session_factory.begin() as session:
+                    added = seed_demo(session, rt.clock, seed)
+                typer.echo(f"feedback: {added['feedback_imported']:,} items imported; "
+                           f"tickets: {added['tickets_opened']} opened")
                 url = rt.db_url
+            # the console's SSH (rollouts) reaches the simulator's sshd units: their key, their
+            # install roots, and host keys trusted on first use (a lab, not a fleet)
+            os.environ.setdefault("SPEAKEROPS_SSH_CLIENT_KEY_PATH", str(data_dir / "client_key"))
+            os.environ.setdefault("SPEAKEROPS_SSH_INSTALL_ROOT", str(data_dir / "units" / "{serial}" / "root"))
+            os.environ.setdefault("SPEAKEROPS_SSH_TRUST_ON_FIRST_USE", "true")
             code = console_main([], db_url=url, collect=True, screenshot=screenshot,
                                 screenshot_after_s=screenshot_after)
         finally:

@@ -34,10 +34,6 @@ class PlannedPage:
 
 #: The pages after Fleet, in navigation order.
 PLANNED_PAGES: tuple[PlannedPage, ...] = (
-    PlannedPage("Models", "the model registry: versions, signatures, evaluation results and aliases.", (5,)),
-    PlannedPage("Rollouts", "rollout plans, groups, gates, live progress, pause and rollback.", (5,)),
-    PlannedPage("Tickets", "A/S tickets, their SLA timers and backlog age.", (6,)),
-    PlannedPage("Feedback", "user feedback and its trends per model version.", (6,)),
 )
 
 

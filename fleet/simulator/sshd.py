@@ -22,6 +22,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import wave
 from datetime import UTC, datetime, timedelta
@@ -36,19 +37,101 @@ logger = logging.getLogger(__name__)
 
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = "ssh-keygen"
+#: Faults :meth:`SshUnit.inject` causes for real (see there).
+SSH_FAULTS: tuple[str, ...] = ("unreachable", "drop", "host_key_changed", "disk_full", "unhealthy", "hang",
+                               "restart_fail", "corrupt")
 #: Seconds to wait for an sshd to accept TCP connections.
 START_TIMEOUT_S = 10.0
 
 _RESTART_SCRIPT = """#!/bin/sh
 # Restarts the voice service (simulated): touches the restart marker the unit agent watches.
+# Fault hooks (SshUnit.inject): run/fault-restart-hang holds seconds to hang once (the file is
+# removed first, so the next restart works); run/fault-restart-fail makes one restart fail.
 set -e
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$root/run"
+if [ -f "$root/run/fault-restart-hang" ]; then
+    secs="$(cat "$root/run/fault-restart-hang")"
+    rm -f "$root/run/fault-restart-hang"
+    sleep "${secs:-3600}"
+fi
+if [ -f "$root/run/fault-restart-fail" ]; then
+    rm -f "$root/run/fault-restart-fail"
+    echo "voice service failed to start (injected fault)" >&2
+    exit 1
+fi
 touch "$root/run/restart"
 echo "$(date -u +%Y-%m-%dT%H:%M:%S+00:00) INFO voice: service restarted" >> "$root/logs/voice.log"
 echo "voice service restarted"
 exit 0
 """
+
+#: ``bin/verify-bundle DIR``: the unit-side check before a staged bundle is installed. Standalone
+#: (stdlib + ``cryptography``); recomputes the canonical manifest bytes of ``fleet.signing``.
+_VERIFY_SCRIPT = '''#!{python}
+"""verify-bundle DIR — refuse a model bundle unless every file matches its SHA-256 in manifest.json
+and manifest.sig is a valid Ed25519 signature by a key in <root>/etc/trusted-keys/<key_id>.pub.
+DIR must be .../<kind>/<version>/ matching the manifest. Exit 0 and one OK line, or exit 1."""
+import base64, hashlib, json, os, sys
+from pathlib import Path, PurePosixPath
+
+def refuse(msg):
+    sys.stderr.write("verify-bundle: REFUSED: " + msg + "\\n")
+    sys.exit(1)
+
+if len(sys.argv) != 2:
+    refuse("usage: verify-bundle DIR")
+root = Path(__file__).resolve().parent.parent
+d = Path(sys.argv[1])
+try:
+    manifest = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+    kind, version, files = manifest["kind"], manifest["version"], manifest["files"]
+except (OSError, ValueError, KeyError, TypeError) as exc:
+    refuse("no readable manifest.json in %s (%s)" % (d, exc))
+if d.name != version or d.parent.name != kind:
+    refuse("%s holds the manifest of %s/%s" % (d, kind, version))
+total = 0
+for name, entry in sorted(files.items()):
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts or name in ("manifest.json", "manifest.sig"):
+        refuse("manifest names %r, outside the bundle" % name)
+    path = d / name
+    if path.is_symlink() or not path.is_file():
+        refuse("file %s is missing" % name)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if path.stat().st_size != entry["bytes"] or h.hexdigest() != entry["sha256"]:
+        refuse("file %s does not match its SHA-256 in the manifest (altered or partly copied)" % name)
+    total += entry["bytes"]
+for dirpath, _dirs, names in os.walk(d):
+    for n in names:
+        rel = Path(dirpath, n).relative_to(d).as_posix()
+        if rel not in files and rel not in ("manifest.json", "manifest.sig"):
+            refuse("unexpected file %s (not in the manifest)" % rel)
+try:
+    sig = json.loads((d / "manifest.sig").read_text(encoding="utf-8"))
+    key_id, signature = str(sig["key_id"]), base64.b64decode(sig["signature"], validate=True)
+except FileNotFoundError:
+    refuse("the bundle is not signed (manifest.sig missing)")
+except (OSError, ValueError, KeyError, TypeError) as exc:
+    refuse("manifest.sig is malformed (%s)" % exc)
+if not key_id.isalnum():
+    refuse("bad key id %r" % key_id)
+keyfile = root / "etc" / "trusted-keys" / (key_id + ".pub")
+if not keyfile.is_file():
+    refuse("signed by key %s, which this unit does not trust" % key_id)
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+body = {{k: v for k, v in manifest.items() if k != "signature"}}
+canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+try:
+    load_pem_public_key(keyfile.read_bytes()).verify(signature, canonical)
+except (InvalidSignature, ValueError, TypeError):
+    refuse("the signature does not match the manifest (altered after signing, or another key)")
+print("OK %s %s files=%d bytes=%d key=%s" % (kind, version, len(files), total, key_id))
+'''
 
 
 def _require_openssh() -> str:
@@ -169,12 +252,29 @@ def _set_link(link: Path, target: str) -> None:
     os.replace(tmp, link)
 
 
+def install_unit_scripts(root: Path) -> None:
+    """Write the unit-side programs into ``<root>/bin`` and create ``etc/trusted-keys``.
+
+    ``bin/verify-bundle`` runs with the interpreter running the simulator (``sys.executable``,
+    which has ``cryptography``).
+    """
+    for sub in ("bin", "run", "staging", "etc/trusted-keys"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for name, text in (("restart-voice-service", _RESTART_SCRIPT),
+                       ("verify-bundle", _VERIFY_SCRIPT.format(python=sys.executable))):
+        script = root / "bin" / name
+        script.write_text(text)
+        script.chmod(0o755)
+
+
 def build_unit_root(spec: UnitSpec, root: Path) -> None:
     """Lay out a unit's install root (docs/unit-api.md "On-unit layout") if not there yet.
 
     An existing root (``models/`` present) is kept as it is: it is the unit's installed state,
-    e.g. after a rollout in an earlier run on the same data directory.
+    e.g. after a rollout in an earlier run on the same data directory. The unit-side scripts
+    (``bin/restart-voice-service``, ``bin/verify-bundle``) are (re)written every time.
     """
+    install_unit_scripts(root)
     if (root / "models").is_dir():
         return
     for sub in ("staging", "logs", "recordings", "bin", "run"):
@@ -188,9 +288,6 @@ def build_unit_root(spec: UnitSpec, root: Path) -> None:
             _install_model(root / "models", kind, version)
         _set_link(root / "models" / kind / "current", current)
         _set_link(root / "models" / kind / "previous", previous)
-    script = root / "bin" / "restart-voice-service"
-    script.write_text(_RESTART_SCRIPT)
-    script.chmod(0o755)
     rng = np.random.default_rng([spec.seed, spec.index, 0x10C])
     start = datetime.now(UTC) - timedelta(hours=2)
     lines = [f"{start.isoformat(timespec='seconds')} INFO voice: service started "
@@ -288,12 +385,17 @@ class SshUnit:
             "Subsystem sftp internal-sftp\n"
         )
 
-    def launch(self) -> None:
-        """Start ``sshd`` on a free port without waiting for it (see :meth:`wait_ready`)."""
+    def launch(self, reuse_port: bool = False) -> None:
+        """Start ``sshd`` on a free port without waiting for it (see :meth:`wait_ready`).
+
+        ``reuse_port``: listen on the port of the previous start (a unit that comes back after
+        a drop keeps its address), if there was one.
+        """
         if self._proc is not None and self._proc.poll() is None:
             return
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-        self.port = free_port(self.host)
+        if not (reuse_port and self.port):
+            self.port = free_port(self.host)
         self._write_config()
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(
@@ -333,10 +435,11 @@ class SshUnit:
         except OSError:
             return "(no log)"
 
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Start sshd and wait until it listens; one retry on a port taken meanwhile."""
+    def start(self, timeout_s: float = START_TIMEOUT_S, reuse_port: bool = False) -> None:
+        """Start sshd and wait until it listens; one retry on a port taken meanwhile
+        (``reuse_port``: on the port of the previous start, see :meth:`launch`)."""
         for attempt in (1, 2):
-            self.launch()
+            self.launch(reuse_port=reuse_port and attempt == 1)
             try:
                 self.wait_ready(timeout_s)
                 return
@@ -355,8 +458,13 @@ class SshUnit:
         """Process id of the sshd, or None if not started."""
         return self._proc.pid if self._proc is not None else None
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Terminate the sshd and its session processes; kill them if they do not exit."""
+    def stop(self, timeout_s: float = 5.0, unmount: bool = True) -> None:
+        """Terminate the sshd and its session processes; kill them if they do not exit.
+
+        ``unmount``: also unmount a ``disk_full`` tmpfs (:meth:`inject`) left on ``staging/``.
+        """
+        if unmount and os.path.ismount(self.root / "staging"):
+            subprocess.run(["umount", "-l", str(self.root / "staging")], capture_output=True, timeout=30)
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -384,15 +492,118 @@ class SshUnit:
         logger.info("sshd of %s stopped", self.serial)
 
     def models(self) -> dict[str, str]:
-        """Installed version per kind: the targets of the ``current`` symlinks (read now)."""
+        """Installed version per kind: the targets of the ``current`` symlinks (read now).
+
+        With the ``unhealthy`` fault (:meth:`inject`), a kind whose ``current`` is one of the
+        versions listed in ``run/fault-unhealthy-versions`` reports its ``previous`` version: the
+        voice service failed to load the new model and kept the old one.
+        """
         versions: dict[str, str] = {}
+        try:
+            broken = set((self.root / "run" / "fault-unhealthy-versions").read_text().split())
+        except OSError:
+            broken = set()
         for kind in MODEL_KINDS:
             try:
                 versions[kind] = os.path.basename(
                     os.readlink(self.root / "models" / kind / "current").rstrip("/"))
+                if versions[kind] in broken:
+                    versions[kind] = os.path.basename(
+                        os.readlink(self.root / "models" / kind / "previous").rstrip("/"))
             except OSError:
                 versions[kind] = self.spec.models[kind]
         return versions
+
+    # ----------------------------------------------------------------- provisioning and faults
+    def trust_key(self, public_pem: bytes, key_id: str) -> Path:
+        """Install a registry signing key into ``etc/trusted-keys/<key_id>.pub`` (provisioning)."""
+        target = self.root / "etc" / "trusted-keys" / f"{key_id}.pub"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(public_pem)
+        return target
+
+    def inject(self, fault: str, **params: object) -> None:
+        """Cause a real fault on this unit (see :data:`SSH_FAULTS`).
+
+        ``unreachable``
+            Stop sshd (connections are refused); :meth:`clear` starts it on the same port.
+        ``drop``
+            Stop sshd now, killing live sessions (a drop mid-upload), and start it again on the
+            same port: the next connection works.
+        ``host_key_changed``
+            Regenerate the host key and restart sshd on the same port.
+        ``disk_full``
+            Mount a ``size_kb`` (default 64) tmpfs over ``staging/``: a real full disk. Needs root
+            (``mount``); :meth:`clear` unmounts it.
+        ``unhealthy``
+            After a switch to ``version`` the agent keeps reporting the previous one.
+        ``hang``
+            The next ``bin/restart-voice-service`` sleeps ``seconds`` (default 3600) first.
+        ``restart_fail``
+            The next ``bin/restart-voice-service`` exits 1.
+        ``corrupt``
+            Flip one byte in the middle of the file ``path`` (relative to the root).
+
+        Raises
+        ------
+        ValueError
+            Unknown fault.
+        RuntimeError
+            ``disk_full`` when the tmpfs cannot be mounted (not root).
+        """
+        run = self.root / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        if fault == "unreachable":
+            self.stop(unmount=False)
+        elif fault == "drop":
+            self.stop(unmount=False)
+            self.start(reuse_port=True)
+        elif fault == "host_key_changed":
+            self.stop(unmount=False)
+            self._host_key.unlink(missing_ok=True)
+            self._host_key.with_suffix(".pub").unlink(missing_ok=True)
+            _keygen(self._host_key, f"{self.serial}-host-new")
+            self.host_public_key = " ".join(self._host_key.with_suffix(".pub").read_text().split()[:2])
+            self.host_key_fingerprint = public_key_fingerprint(self.host_public_key)
+            self.start(reuse_port=True)
+        elif fault == "disk_full":
+            size_kb = int(params.get("size_kb", 64))  # type: ignore[call-overload]
+            staging = self.root / "staging"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True, exist_ok=True)
+            res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(staging)],
+                                 capture_output=True, text=True, timeout=30)
+            if res.returncode != 0:
+                raise RuntimeError(f"cannot mount a tmpfs on {staging}: {res.stderr.strip()} (needs root)")
+        elif fault == "unhealthy":
+            (run / "fault-unhealthy-versions").write_text(f"{params['version']}\n")
+        elif fault == "hang":
+            (run / "fault-restart-hang").write_text(f"{float(params.get('seconds', 3600.0)):g}\n")  # type: ignore[arg-type]
+        elif fault == "restart_fail":
+            (run / "fault-restart-fail").write_text("1\n")
+        elif fault == "corrupt":
+            path = self.root / str(params["path"])
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+        else:
+            raise ValueError(f"unknown SSH fault {fault!r}; expected one of {', '.join(SSH_FAULTS)}")
+        logger.info("SSH fault %s injected into %s", fault, self.serial)
+
+    def clear(self, fault: str | None = None) -> None:
+        """Undo :meth:`inject` (one fault, or all): start sshd, unmount the tmpfs, remove fault files."""
+        if fault in (None, "disk_full"):
+            staging = self.root / "staging"
+            if os.path.ismount(staging):
+                subprocess.run(["umount", "-l", str(staging)], capture_output=True, timeout=30)
+        if fault in (None, "unreachable", "drop", "host_key_changed") and not self.running:
+            self.start(reuse_port=True)
+        names = {"unhealthy": ["fault-unhealthy-versions"], "hang": ["fault-restart-hang"],
+                 "restart_fail": ["fault-restart-fail"]}
+        for key, files in names.items():
+            if fault in (None, key):
+                for name in files:
+                    (self.root / "run" / name).unlink(missing_ok=True)
 
     def restart_marker_ns(self) -> int | None:
         """mtime of ``run/restart`` in ns (changes when the voice service restarts), or None."""

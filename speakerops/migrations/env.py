@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
+import feedback.models  # noqa: F401  (feedback and ticket tables, issue #6)
 import fleet.models  # noqa: F401  (registers the fleet tables on Base.metadata)
+import fleet.rollout_models  # noqa: F401  (rollouts, rollout groups/units, unit pins)
 import speakerops.audit  # noqa: F401  (the audit_log table)
 from speakerops.db import Base
 

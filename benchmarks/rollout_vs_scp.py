@@ -1,0 +1,162 @@
+"""A 50 MB bundle to 50 simulated sshd units, 20 at a time: the real rollout engine vs OpenSSH ``scp``.
+
+The engine run is a whole rollout (one group of every unit, 20 parallel sessions): connect with
+host-key check, free-space check, SFTP upload, unit-side SHA-256 + signature check, symlink
+switch, service restart and the health gate (the agent reports the new version and a healthy
+state). ``scp`` only copies the same file, with the same parallelism, to the same servers.
+Target (issue #5): engine time ≤ 1.3 × scp time.
+
+Usage::
+
+    .venv/bin/python benchmarks/rollout_vs_scp.py [--units 50] [--mb 50] [--parallel 20]
+
+Prints both wall times, the throughput of each and the ratio. Starting 50 sshd units takes a
+while; the database is a temporary SQLite file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fleet.inventory import import_units  # noqa: E402
+from fleet.registry import import_bundle  # noqa: E402
+from fleet.rollout import RolloutRunner  # noqa: E402
+from fleet.rollout_control import create_rollout  # noqa: E402
+from fleet.rollout_models import RolloutUnit  # noqa: E402
+from fleet.rollout_plan import RolloutPlan  # noqa: E402
+from fleet.settings import SshSettings  # noqa: E402
+from fleet.signing import Signer  # noqa: E402
+from fleet.simulator import Simulator  # noqa: E402
+from fleet.ssh import SshConnector  # noqa: E402
+from inference_core.bundles import write_manifest  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+from speakerops.db import make_engine, make_session_factory, upgrade  # noqa: E402
+
+VERSION = "stt-bench-1.0"
+
+
+def scp_all(sim: Simulator, key: Path, payload: Path, parallel: int) -> float:
+    """Copy ``payload`` to every SSH unit's staging directory with ``scp``, ``parallel`` at a time."""
+    def one(unit) -> None:
+        dest = f"{unit.user}@{unit.host}:{unit.root / 'staging' / 'scp-bench.bin'}"
+        subprocess.run(["scp", "-q", "-i", str(key), "-P", str(unit.port), "-o", "StrictHostKeyChecking=no",
+                        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+                        str(payload), dest], check=True, timeout=600)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(one, sim.ssh_units))
+    return time.perf_counter() - start
+
+
+def reset_units(sim: Simulator) -> None:
+    """Put every unit back on its old stt version and drop the benchmark version from it."""
+    import shutil
+
+    for u in sim.ssh_units:
+        models = u.root / "models" / "stt"
+        previous = os.readlink(models / "previous")
+        tmp_link = models / "current.tmp"
+        tmp_link.unlink(missing_ok=True)
+        os.symlink(previous, tmp_link)
+        os.replace(tmp_link, models / "current")
+        shutil.rmtree(models / VERSION, ignore_errors=True)
+        shutil.rmtree(u.root / "staging" / "stt", ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--units", type=int, default=50)
+    ap.add_argument("--mb", type=int, default=50)
+    ap.add_argument("--parallel", type=int, default=20)
+    ap.add_argument("--workers", choices=("threads", "processes", "both"), default="both",
+                    help="How the engine runs units: a thread pool, worker processes, or each in turn.")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+
+    with tempfile.TemporaryDirectory(prefix="rollout-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        t0 = time.perf_counter()
+        sim = Simulator(args.units, seed=11, ssh_units=args.units, data_dir=tmp / "sim").start()
+        print(f"started {args.units} sshd units in {time.perf_counter() - t0:.1f} s")
+        try:
+            signer = Signer.generate()
+            for u in sim.ssh_units:
+                u.trust_key(signer.public_pem, signer.key_id)
+            src = tmp / "bundle" / "stt" / VERSION
+            src.mkdir(parents=True)
+            payload = src / "model.bin"
+            with payload.open("wb") as f:
+                for _ in range(args.mb):
+                    f.write(os.urandom(1 << 20))
+            write_manifest(src, "stt", VERSION, {"benchmark": True})
+
+            engine = make_engine(f"sqlite:///{tmp / 'bench.db'}")
+            upgrade(engine)
+            sf = make_session_factory(engine)
+            with sf.begin() as s:
+                import_units(s, sim.write_inventory(tmp / "inventory.csv"), lambda: _now())
+                import_bundle(s, src, tmp / "registry", signer)
+            root = str(tmp / "sim" / "units" / "{serial}" / "root")
+            settings = SshSettings(client_key_path=str(tmp / "sim" / "client_key"), install_root=root)
+            connector = SshConnector(sf, settings, trust_on_first_use=True)
+            modes = ["threads", "processes"] if args.workers == "both" else [args.workers]
+            total_mb = args.units * args.mb
+            times: dict[str, float] = {}
+            per_unit: dict[str, tuple[float, float]] = {}
+            for i, mode in enumerate(modes):
+                if i:  # back to the old version, so the next run uploads again
+                    reset_units(sim)
+                    with sf.begin() as s:
+                        import_units(s, sim.write_inventory(tmp / "inventory.csv"), lambda: _now())
+                with sf.begin() as s:
+                    plan = RolloutPlan(kind="stt", version=VERSION, canary_units=0, waves_pct=[100],
+                                       max_parallel=args.parallel, health_timeout_s=60, unit_timeout_s=600,
+                                       gate={"enabled": False})
+                    rid = create_rollout(s, plan, override_reason="benchmark: synthetic weights, not evaluated").id
+                runner = RolloutRunner(sf, connector, install_root=root, poll_s=0.1, workers=mode)
+                start = time.perf_counter()
+                summary = runner.run(rid)
+                times[mode] = time.perf_counter() - start
+                with sf() as s:
+                    spans = sorted((u.finished_at - u.started_at).total_seconds() for u in s.execute(
+                        select(RolloutUnit).where(RolloutUnit.rollout_id == rid)).scalars())
+                per_unit[mode] = (statistics.median(spans), spans[-1])
+                if summary.state != "completed" or summary.counts["succeeded"] != args.units:
+                    print(f"rollout ({mode}) did not complete: {summary}", file=sys.stderr)
+                    sys.exit(1)
+            scp_s = scp_all(sim, tmp / "sim" / "client_key", payload, args.parallel)
+            for mode, engine_s in times.items():
+                print(f"rollout engine ({mode:>9}): {engine_s:6.1f} s  ({total_mb / engine_s:6.1f} MB/s; "
+                      f"{args.units} units × {args.mb} MB, {args.parallel} parallel; upload + verify + switch + "
+                      "restart + health gate)")
+                print(f"    per unit: median {per_unit[mode][0]:.1f} s, slowest {per_unit[mode][1]:.1f} s "
+                      "(connect → health gate)")
+            print(f"scp                       : {scp_s:6.1f} s  ({total_mb / scp_s:6.1f} MB/s; copy only)")
+            for mode, engine_s in times.items():
+                print(f"ratio engine ({mode})/scp: {engine_s / scp_s:.2f} (target ≤ 1.3)")
+            engine.dispose()
+        finally:
+            sim.stop()
+
+
+def _now():
+    from speakerops.timeutil import utc_now
+
+    return utc_now()
+
+
+if __name__ == "__main__":
+    main()
