@@ -18,10 +18,8 @@ from typing import Any
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QPushButton,
     QSplitter,
@@ -34,7 +32,7 @@ from console.errors import ErrorReporter
 from console.formatting import format_local_time
 from console.jobs import Executors, Job
 from console.theme import StatusStyle, Theme
-from console.widgets import MessageBar, RefreshWhileVisible, Tile
+from console.widgets import MessageBar, RefreshWhileVisible, Tile, style_table
 from fleet import alerts
 
 logger = logging.getLogger(__name__)
@@ -220,13 +218,7 @@ class AlertsPage(RefreshWhileVisible, QWidget):
         self.model = AlertTableModel(self)
         self.table = QTableView()
         self.table.setModel(self.model)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setAlternatingRowColors(True)
-        self.table.setShowGrid(False)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        style_table(self.table)
         self.history = QLabel("Select an alert to see its history.")
         self.history.setObjectName("muted")
         self.history.setWordWrap(True)

@@ -17,11 +17,9 @@ from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
@@ -37,7 +35,7 @@ from console.formatting import format_local_time
 from console.jobs import Executors, Job
 from console.models.records import RecordColumn, RecordSortProxy, RecordTableModel, export_csv
 from console.theme import Theme
-from console.widgets import MessageBar, RefreshWhileVisible, Tile
+from console.widgets import MessageBar, RefreshWhileVisible, Tile, style_table
 from speakerops import audit
 
 logger = logging.getLogger(__name__)
@@ -165,13 +163,7 @@ class AuditPage(RefreshWhileVisible, QWidget):
         self.table.setModel(self.proxy)
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(0, Qt.SortOrder.DescendingOrder)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setAlternatingRowColors(True)
-        self.table.setShowGrid(False)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        style_table(self.table)
         self.detail = QPlainTextEdit()
         self.detail.setReadOnly(True)
         self.detail.setPlaceholderText("Select an entry to see what changed.")

@@ -25,11 +25,9 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QBuffer, QByteArray, QIODevice, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -47,7 +45,7 @@ from console.models.records import RecordColumn, RecordSortProxy, RecordTableMod
 from console.pages import feedback_data as fd
 from console.pages.feedback_charts import RatesChart, VersionChart, VolumeChart
 from console.theme import Theme
-from console.widgets import MessageBar, RefreshWhileVisible, Tile
+from console.widgets import MessageBar, RefreshWhileVisible, Tile, style_table
 from feedback.models import FEATURES
 from feedback.topics import Topic, cluster_topics, load_encoder
 
@@ -266,13 +264,7 @@ class FeedbackPage(RefreshWhileVisible, QWidget):
         table.setModel(proxy)
         table.setSortingEnabled(True)
         table.sortByColumn(-1, Qt.SortOrder.AscendingOrder)
-        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        table.setAlternatingRowColors(True)
-        table.setShowGrid(False)
-        table.verticalHeader().setVisible(False)
-        table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        table.horizontalHeader().setStretchLastSection(True)
+        style_table(table)
         return model, proxy, table
 
     # -- public API ---------------------------------------------------------------------

@@ -20,13 +20,11 @@ from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QInputDialog,
     QLabel,
     QLineEdit,
@@ -44,7 +42,7 @@ from console.formatting import format_full_time, format_local_time, format_numbe
 from console.jobs import Executors, Job
 from console.models.records import RecordColumn, RecordSortProxy, RecordTableModel, export_csv
 from console.theme import StatusStyle, Theme
-from console.widgets import MessageBar, RefreshWhileVisible, Tile
+from console.widgets import MessageBar, RefreshWhileVisible, Tile, style_table
 from fleet import registry
 from fleet.errors import RegistryError
 from fleet.models import MODEL_KINDS, ModelAlias, ModelVersion
@@ -357,13 +355,7 @@ class ModelsPage(RefreshWhileVisible, QWidget):
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
         self._sized = False
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setAlternatingRowColors(True)
-        self.table.setShowGrid(False)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        style_table(self.table)
         self.detail = QPlainTextEdit()
         self.detail.setReadOnly(True)
         self.detail.setPlaceholderText("Select a version to see its evaluation, gate and override.")

@@ -23,7 +23,6 @@ from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
     QHeaderView,
@@ -56,7 +55,7 @@ from console.pages.rollouts_views import (
     rollout_style,
 )
 from console.theme import Theme
-from console.widgets import MessageBar, RefreshWhileVisible, Tile, section_title
+from console.widgets import MessageBar, RefreshWhileVisible, Tile, section_title, style_table
 from fleet import rollout_control
 from fleet.rollout_models import Rollout
 
@@ -331,13 +330,7 @@ class RolloutsPage(RefreshWhileVisible, QWidget):
         table = QTableView()
         table.setModel(model)
         table.setSortingEnabled(sortable)
-        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        table.setAlternatingRowColors(True)
-        table.setShowGrid(False)
-        table.verticalHeader().setVisible(False)
-        table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        table.horizontalHeader().setStretchLastSection(True)
+        style_table(table)
         return table
 
     # -- public API ---------------------------------------------------------------------

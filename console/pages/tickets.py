@@ -25,11 +25,9 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -56,7 +54,7 @@ from console.pages.ticket_detail import (
     state_word,
 )
 from console.theme import Theme
-from console.widgets import MessageBar, RefreshWhileVisible, Tile
+from console.widgets import MessageBar, RefreshWhileVisible, Tile, style_table
 from feedback import tickets
 from feedback.models import CATEGORIES, PRIORITIES, TICKET_STATES, Ticket
 
@@ -313,14 +311,7 @@ class TicketsPage(RefreshWhileVisible, QWidget):
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(COLUMNS.index(next(c for c in COLUMNS if c.key == "sla_left_s")),
                                 Qt.SortOrder.AscendingOrder)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setAlternatingRowColors(True)
-        self.table.setShowGrid(False)
-        self.table.verticalHeader().setVisible(False)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        header.setStretchLastSection(True)
+        style_table(self.table)
         for key, width in (("id", 50), ("sla", 100), ("sla_left_s", 130), ("priority", 90), ("state", 120),
                            ("category", 120), ("title", 260), ("unit", 110), ("assignee", 90)):
             self.table.setColumnWidth(next(i for i, c in enumerate(COLUMNS) if c.key == key), width)
