@@ -59,6 +59,10 @@ def is_expected(exc: BaseException) -> bool:
 
         if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
             return True
+        from speakerops.roles import is_refusal
+
+        if isinstance(exc, sa_exc.DBAPIError) and is_refusal(exc):
+            return True  # the login's role may not do this (speakerops.roles)
     except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
         pass
     for klass in type(exc).__mro__:
@@ -71,6 +75,10 @@ def is_expected(exc: BaseException) -> bool:
 def describe(exc: BaseException) -> str:
     """One line for the operator: what went wrong (the driver's own message for database
     errors, without SQLAlchemy's boilerplate)."""
+    from speakerops.roles import is_refusal, refusal_message
+
+    if is_refusal(exc):
+        return refusal_message(exc)
     orig = getattr(exc, "orig", None)
     text = str(orig) if orig is not None else str(exc)
     text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__

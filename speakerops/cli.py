@@ -428,12 +428,13 @@ def db_prune(ctx: typer.Context, as_json: JsonOut = False, db_url: DbUrl = None)
                          + "deleted: " + ", ".join(f"{n} {t}" for t, n in deleted.items()))
 
 
-from speakerops import cli_audit, cli_feedback, cli_rollout, cli_voice  # noqa: E402
+from speakerops import cli_admin, cli_audit, cli_feedback, cli_rollout, cli_voice  # noqa: E402
 
 cli_voice.register(app)  # diagnose, evaluate, models build
 cli_rollout.register(app)  # models import|list|show|alias|evaluate, rollout … (issue #5)
 cli_feedback.register(app)  # feedback …, tickets …, trends, serve-feedback (issue #6)
 cli_audit.register(app)  # audit list|verify
+cli_admin.register(app)  # admin users add|remove|list, whoami (issue #8)
 
 
 def main() -> None:
@@ -441,7 +442,12 @@ def main() -> None:
     try:
         app()
     except SQLAlchemyError as exc:
-        typer.echo(f"error: database error: {str(getattr(exc, 'orig', exc)).strip()}", err=True)
+        from speakerops.roles import is_refusal, refusal_message
+
+        if is_refusal(exc):
+            typer.echo(f"error: {refusal_message(exc)}", err=True)
+        else:
+            typer.echo(f"error: database error: {str(getattr(exc, 'orig', exc)).strip()}", err=True)
         sys.exit(1)
 
 
