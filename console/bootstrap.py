@@ -61,6 +61,9 @@ class AppContext:
     clock: Clock = utc_now
     collector: BackgroundCollector | None = None
     models_root: Path | None = None
+    #: The database login the console acts as, and its role (speakerops.roles; SQLite: admin).
+    login: str = ""
+    role: str | None = "admin"
     _listeners: list[CycleListener] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _closed: bool = field(default=False, repr=False)
@@ -113,6 +116,21 @@ class AppContext:
         logger.info("closed %s", self.db_description)
 
 
+def read_login_and_role(session_factory: sessionmaker[Session]) -> tuple[str, str | None]:
+    """The login and its role; role None when a PostgreSQL login has no SpeakerOps role (the
+    console then shows everything read-only and says why)."""
+    from speakerops.audit import current_actor
+    from speakerops.roles import RoleError, current_role
+
+    with session_factory() as session:
+        login = current_actor(session)
+        try:
+            return login, current_role(session)
+        except RoleError as exc:
+            logger.warning("%s", exc)
+            return login, None
+
+
 def build(db_url: str | None = None, clock: Clock = utc_now, collect: bool = True, *,
           collector_settings: CollectorSettings | None = None, start_collector: bool = True) -> AppContext:
     """Build the console's context on the shared runtime (:func:`speakerops.runtime.build_runtime`:
@@ -141,6 +159,7 @@ def build(db_url: str | None = None, clock: Clock = utc_now, collect: bool = Tru
     ctx = AppContext(settings=rt.settings, db_url=rt.db_url, engine=rt.engine,
                      session_factory=rt.session_factory, clock=clock)
     ctx.models_root = rt.settings.data_dir / "models"
+    ctx.login, ctx.role = read_login_and_role(ctx.session_factory)
     logger.info("database %s (%s) at schema head", ctx.db_description, ctx.db_backend)
     if collect:
         collector = Collector(ctx.session_factory, clock=clock, settings=collector_settings or CollectorSettings())

@@ -145,6 +145,9 @@ class MainWindow(QMainWindow):
         self.pages.update({s.page.name: s for s in self.stub_pages})
         for name in NAV_ENTRIES:
             self.stack.addWidget(self.pages[name])
+        for page in self.pages.values():  # hide what the login's role may not do
+            if hasattr(page, "apply_role"):
+                page.apply_role(ctx.role)
         self.alerts_nav_item = self.nav.item(NAV_ENTRIES.index(ALERTS_ENTRY))
         self._alerts_count_job: Job | None = None
         self.alerts_page.sig_open_count.connect(self._on_alerts_page_open_count)
@@ -168,7 +171,8 @@ class MainWindow(QMainWindow):
         self.nav.currentRowChanged.connect(self._on_nav_current_row_changed)
         self.nav.setCurrentRow(0)
 
-        self.db_label = QLabel(f"Database: {ctx.db_description} ({ctx.db_backend})")
+        role = ctx.role or "no role: read-only"
+        self.db_label = QLabel(f"Database: {ctx.db_description} ({ctx.db_backend}) · {ctx.login} ({role})")
         self.db_label.setToolTip("SPEAKEROPS_DB_URL selects the database; SQLite is the default.")
         self.collector_label = QLabel()
         self.collector_warning = QLabel()

@@ -235,3 +235,27 @@ def refusal_message(exc: BaseException) -> str:
     said = (str(orig).strip().splitlines() or ["permission denied"])[0]
     return (f"The database refused this for your role ({said}). Ask an admin for a role that may do it "
             "(`speakerops admin users add NAME --role ROLE`).")
+
+
+#: What each console action needs, mirroring :data:`TABLE_PRIVILEGES` (the console hides what a
+#: role may not do; the database refuses it regardless).
+CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "alerts.write": ("operator", "admin"),
+    "models.write": ("operator", "admin"),
+    "rollouts.write": ("operator", "admin"),
+    "units.pin": ("technician", "operator", "admin"),
+    "tickets.write": ("technician", "operator", "admin"),
+    "feedback.write": ("product_owner", "admin"),
+    "users.write": ("admin",),
+}
+
+
+def may(role: str | None, capability: str) -> bool:
+    """True if ``role`` may do ``capability`` (a key of :data:`CAPABILITIES`); None (no role) may nothing.
+
+    Raises
+    ------
+    KeyError
+        For an unknown capability (a typo in the caller).
+    """
+    return role is not None and role in CAPABILITIES[capability]

@@ -290,6 +290,13 @@ class AlertsPage(RefreshWhileVisible, QWidget):
         """Resolve the selected alert (as the OS user), off the GUI thread."""
         self._run_action("resolve")
 
+    def apply_role(self, role: str | None) -> None:
+        """Hide the actions ``role`` may not do (speakerops.roles.may); the database refuses them anyway."""
+        from speakerops.roles import may
+
+        for button in (self.ack_button, self.resolve_button):
+            button.setVisible(may(role, "alerts.write"))
+
     def apply_theme(self, theme: Theme) -> None:
         """Recolour the tiles."""
         for tile in self.tiles.values():

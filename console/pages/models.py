@@ -452,6 +452,13 @@ class ModelsPage(RefreshWhileVisible, QWidget):
         rows = [self.proxy.index(r, 0).data(Qt.ItemDataRole.UserRole) for r in range(self.proxy.rowCount())]
         return export_csv(path, COLUMNS, rows)
 
+    def apply_role(self, role: str | None) -> None:
+        """Hide the actions ``role`` may not do (speakerops.roles.may); the database refuses them anyway."""
+        from speakerops.roles import may
+
+        for button in (self.import_button, self.alias_button, self.override_button):
+            button.setVisible(may(role, "models.write"))
+
     def apply_theme(self, theme: Theme) -> None:
         for tile in self.tiles.values():
             tile.apply_theme(theme)

@@ -444,6 +444,14 @@ class RolloutsPage(RefreshWhileVisible, QWidget):
                 for r in range(self.units_proxy.rowCount())]
         return export_csv(path, UNIT_COLUMNS, rows)
 
+    def apply_role(self, role: str | None) -> None:
+        """Hide the actions ``role`` may not do (speakerops.roles.may); the database refuses them anyway."""
+        from speakerops.roles import may
+
+        allowed = may(role, "rollouts.write")
+        for button in (self.new_button, self.runner_stop, *self.buttons.values()):
+            button.setVisible(allowed)
+
     def apply_theme(self, theme: Theme) -> None:
         self._theme = theme
         for tile in self.tiles.values():

@@ -174,6 +174,8 @@ class TicketDetailPanel(QWidget):
 
         self.actions_row = QHBoxLayout()
         self.move_buttons: dict[str, QPushButton] = {}
+        #: No workflow actions (the login's role may not change tickets).
+        self.read_only = False
         self.assign_edit = QLineEdit()
         self.assign_edit.setPlaceholderText("assignee (empty: unassign)")
         self.assign_button = QPushButton("Assign")
@@ -306,13 +308,21 @@ class TicketDetailPanel(QWidget):
         self.move_buttons.clear()
         while self.actions_row.count():
             self.actions_row.takeAt(0)
-        for state in states:
+        for state in [] if self.read_only else states:
             label = "Reopen" if state == "triaged" and current in ("resolved", "closed") else MOVE_LABELS.get(state, state)
             button = QPushButton(f"{label} → {state_word(state)}")
             button.clicked.connect(lambda _=False, s=state: self.sig_move_requested.emit(s))
             self.move_buttons[state] = button
             self.actions_row.addWidget(button)
         self.actions_row.addStretch(1)
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Hide (or show again) assign, note and the workflow moves."""
+        self.read_only = read_only
+        for w in (self.assign_edit, self.assign_button, self.note_edit, self.note_button):
+            w.setVisible(not read_only)
+        if read_only:
+            self._set_moves([], None)
 
     def _on_assign_button_clicked(self) -> None:
         if self.ticket_id is not None:

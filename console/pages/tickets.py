@@ -464,6 +464,14 @@ class TicketsPage(RefreshWhileVisible, QWidget):
         rows = [self.proxy.index(r, 0).data(Qt.ItemDataRole.UserRole) for r in range(self.proxy.rowCount())]
         return export_csv(path, COLUMNS, rows)
 
+    def apply_role(self, role: str | None) -> None:
+        """Hide the actions ``role`` may not do (speakerops.roles.may); the database refuses them anyway."""
+        from speakerops.roles import may
+
+        allowed = may(role, "tickets.write")
+        self.new_button.setVisible(allowed)
+        self.detail.set_read_only(not allowed)
+
     def apply_theme(self, theme: Theme) -> None:
         """Recolour the tiles."""
         for tile in self.tiles.values():
