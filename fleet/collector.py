@@ -220,10 +220,16 @@ class Collector:
                 if resp.content_length is not None and resp.content_length > s.max_body_bytes:
                     raise HealthReportError(
                         f"answer of {resp.content_length} bytes is over the {s.max_body_bytes}-byte limit")
-                body = await resp.content.read(s.max_body_bytes + 1)
-                if len(body) > s.max_body_bytes:
-                    raise HealthReportError(f"answer is over the {s.max_body_bytes}-byte limit")
-                return body
+                # read to the end, but never more than the limit (``read(n)`` alone returns what has
+                # arrived so far, which cut bodies that came in several packets)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_any():
+                    size += len(chunk)
+                    if size > s.max_body_bytes:
+                        raise HealthReportError(f"answer is over the {s.max_body_bytes}-byte limit")
+                    chunks.append(chunk)
+                return b"".join(chunks)
         except (UnitUnreachable, HealthReportError):
             raise
         except TimeoutError as exc:
