@@ -121,6 +121,13 @@ def load_bundle(bundle_dir: Path, *, verify: bool = True) -> Bundle:
         rel = PurePosixPath(name)
         if rel.is_absolute() or ".." in rel.parts:
             raise ModelLoadError(f"{path} names {name!r}, outside the bundle; refusing it")
+    root = bundle_dir.resolve()
+    for found in bundle_dir.rglob("*"):  # a symlink could smuggle any file of this machine into the bundle
+        if found.is_symlink():
+            target = found.resolve()
+            where = "outside the bundle" if not target.is_relative_to(root) else "inside the bundle"
+            raise ModelLoadError(f"bundle {version}: {found.relative_to(bundle_dir)} is a symlink (to {where}); "
+                                 "a bundle holds regular files only — rebuild it without links")
     if verify:
         for name, entry in entries.items():
             target = bundle_dir / PurePosixPath(name)
