@@ -135,6 +135,10 @@ def main() -> None:
             t = time.perf_counter()
             fill(engine, args.rows, args.tickets)
             print(f"filled {args.rows:,} feedback rows and {args.tickets:,} tickets in {time.perf_counter() - t:.1f} s")
+            # planner statistics, as autovacuum gathers them within a minute on a live server (without
+            # them PostgreSQL scans the whole table for the refresh's `id > last id`)
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "ANALYZE")
         cache = TrendCache()
         with sf() as s:
             t = time.perf_counter()

@@ -17,6 +17,11 @@ rows of one household in one hour of ``submitted_at`` are rejected as a flood.
 Encodings of files: UTF-8 with a byte-order mark, UTF-8, cp949 (Korean Windows), Latin-1 — tried
 in that order; cp949 is taken only when its decoding reads as Korean (most non-ASCII characters
 Hangul), else Latin-1, which decodes any bytes.
+
+Speed (1,000,000 rows; figures in ``docs/feedback.md``): well-formed rows take a cached fast path
+(:mod:`feedback.fastpath`, same records, anything unusual goes through :func:`validate_record`);
+PostgreSQL rows are COPYed into a stage and merged while the next chunk is validated
+(:mod:`feedback.pgstage`); SQLite rows go through one Core ``executemany`` per chunk.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from feedback.errors import FeedbackFormatError
+from feedback.fastpath import FastValidator
+from feedback.pgstage import PgStage
 from feedback.readers import (KNOWN_FIELDS, OPTIONAL_FIELDS, REQUIRED_FIELDS, Record, RowError, csv_records,
                               detect_encoding, detect_format, jsonl_records)
 from feedback.models import FEATURES, Feedback, FeedbackImport
@@ -56,6 +63,8 @@ RATE_LIMIT_PER_HOUR = 30
 FUTURE_TOLERANCE = timedelta(minutes=5)
 #: Rows per bulk insert.
 CHUNK_ROWS = 5000
+#: Rows per PostgreSQL COPY + merge (:mod:`feedback.pgstage`; fewer, larger merges overlap better).
+PG_CHUNK_ROWS = 20_000
 #: SQLite page cache during an import, KiB (index updates of 1,000,000 rows thrash the 2 MB default).
 SQLITE_IMPORT_CACHE_KIB = 131072
 #: Errors kept in a report (all are counted).
@@ -64,6 +73,7 @@ MAX_REPORTED_ERRORS = 10_000
 _HOUSEHOLD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$")
 _PHONE_LIKE = re.compile(r"^\+?[\d\s().\-]{7,}$")
 _INTENT_RE = re.compile(r"^[a-z]+(\.[a-z_]+)?$")
+_NO_VERSIONS = (None, None, None)
 _TRUE = {"true", "yes", "1", "y", "t"}
 _FALSE = {"false", "no", "0", "n", "f", ""}
 
@@ -144,6 +154,16 @@ def content_hash(serial: str, household: str, submitted_at: datetime, rating: in
     """De-duplication key of a row without ``submission_id``: ``h:`` + 32 hex of a SHA-256."""
     key = "\x1f".join((serial, household, submitted_at.isoformat(), str(rating), text or ""))
     return "h:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def household_ok(household: str) -> bool:
+    """True if a (stripped, non-empty) household id passes :func:`validate_record`'s checks."""
+    return not (_PHONE_LIKE.match(household) or "@" in household) and bool(_HOUSEHOLD_RE.match(household))
+
+
+def intent_ok(intent: str, feature: str) -> bool:
+    """True if a (stripped, lower-case, non-empty) intent is valid for a (valid) ``feature``."""
+    return bool(_INTENT_RE.match(intent)) and len(intent) <= 64 and intent.split(".")[0] == feature
 
 
 def validate_record(raw: dict[str, Any], line: int, now: datetime, units: dict[str, UnitInfo]
@@ -275,8 +295,9 @@ class VersionLookup:
 
     BULK_AFTER = 200
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, before_query: Callable[[], None] | None = None) -> None:
         self.session = session
+        self.before_query = before_query  # the PostgreSQL import waits for its merge in flight here
         self.calls = 0
         self._history: dict[int, tuple[list[float], list[tuple[str | None, ...]]]] | None = None
 
@@ -304,6 +325,8 @@ class VersionLookup:
     def at(self, unit_id: int, when: datetime) -> tuple[str | None, ...] | None:
         """Versions of ``unit_id`` at ``when``, or None before its first heartbeat."""
         self.calls += 1
+        if self._history is None and self.before_query is not None:
+            self.before_query()
         if self._history is None and self.calls > self.BULK_AFTER:
             self._load()
         if self._history is None:
@@ -345,7 +368,6 @@ class Ingestor:
         self.session = session
         self.now = clock()
         self.units = units if units is not None else load_units(session)
-        self.versions = VersionLookup(session)
         self.rate_limit = rate_limit_per_hour
         self.keep_ids = keep_ids
         self.report = ImportReport(origin=origin, source=source)
@@ -353,10 +375,13 @@ class Ingestor:
                                     actor=actor or _os_user())
         session.add(self.batch)
         session.flush()
-        self.report.import_id = self.batch.id
+        self.report.import_id = self._batch_id = self.batch.id
+        self._source = source
+        self._fast = FastValidator({k: v for k, v in self.units.items() if k == k.strip()}, self.now,
+                                   future_tolerance=FUTURE_TOLERANCE, max_text_chars=MAX_TEXT_CHARS,
+                                   content_hash=content_hash, household_ok=household_ok, intent_ok=intent_ok)
         self._seen: dict[str, int] = {}
         self._per_hour: dict[tuple[str, int], int] = {}
-        self._rejected_lines: set[int] = set()
         self._buffer: list[dict[str, Any]] = []
         self._queued = 0
         insert = _dialect_insert(session)(Feedback.__table__).on_conflict_do_nothing(index_elements=["submission_id"])
@@ -364,7 +389,10 @@ class Ingestor:
         self._insert = insert.returning(Feedback.__table__.c.submission_id) if keep_ids else insert
         self._sqlite = session.get_bind().dialect.name == "sqlite"
         self._pg = session.get_bind().dialect.name == "postgresql"
-        self._stage_ready = False
+        # PostgreSQL: COPY into a stage, merged while the next chunk is validated (feedback.pgstage).
+        self._stage = PgStage(session, {"received_at": self.now, "source": source, "import_id": self._batch_id}) \
+            if self._pg and not keep_ids else None
+        self.versions = VersionLookup(session, self._stage.wait if self._stage is not None else None)
         if self._sqlite:  # a bigger page cache for the index updates of a bulk import (default 2 MB)
             session.execute(text(f"PRAGMA cache_size=-{SQLITE_IMPORT_CACHE_KIB}"))
 
@@ -380,7 +408,11 @@ class Ingestor:
         if isinstance(raw, RowError):
             self._reject([raw])
             return
-        rec, errors, warnings = validate_record(raw, line, self.now, self.units)
+        rec = self._fast(raw)  # the well-formed majority; anything else gets the full checks and messages
+        if rec is None:
+            rec, errors, warnings = validate_record(raw, line, self.now, self.units)
+        else:
+            errors = warnings = []
         if warnings:
             self.report.warnings.extend(warnings[: max(0, MAX_REPORTED_ERRORS - len(self.report.warnings))])
         if rec is None:
@@ -404,7 +436,7 @@ class Ingestor:
                                        "check the app for a retry loop (the first rows were kept)")])
                 return
         self._buffer.append(self._row(rec))
-        if len(self._buffer) >= CHUNK_ROWS:
+        if len(self._buffer) >= (CHUNK_ROWS if self._stage is None else PG_CHUNK_ROWS):
             self.flush()
 
     def _row(self, rec: dict[str, Any]) -> dict[str, Any]:
@@ -420,21 +452,23 @@ class Ingestor:
                 text, n_red = redact(text)
                 self.report.redactions += n_red
         given = rec["versions"]
-        if all(v is not None for v in given):
+        if None not in given:
             versions, vsource = given, "given"
         else:
             found = self.versions.at(unit.id, rec["submitted_at"])
             base, vsource = (found, "heartbeat") if found is not None else (unit.versions, "unit")
-            if any(v is not None for v in given):
+            if given == _NO_VERSIONS:
+                versions = base
+            else:
                 vsource = "given"
-            versions = tuple(g if g is not None else b for g, b in zip(given, base))
+                versions = tuple(g if g is not None else b for g, b in zip(given, base))
         return {"unit_id": unit.id, "household_id": rec["household_id"], "submitted_at": rec["submitted_at"],
                 "received_at": self.now, "feature": rec["feature"], "intent": rec["intent"],
-                "rating": rec["rating"], "text": text, "redactions": min(n_red, 32767), "text_withheld": withheld,
-                "corrected": rec["corrected"], "repeated": rec["repeated"], "cancelled": rec["cancelled"],
-                "stt_version": versions[0], "qa_version": versions[1], "tts_version": versions[2],
-                "versions_source": vsource, "submission_id": rec["submission_id"], "source": self.report.source,
-                "import_id": self.batch.id}
+                "rating": rec["rating"], "text": text, "redactions": n_red if n_red < 32767 else 32767,
+                "text_withheld": withheld, "corrected": rec["corrected"], "repeated": rec["repeated"],
+                "cancelled": rec["cancelled"], "stt_version": versions[0], "qa_version": versions[1],
+                "tts_version": versions[2], "versions_source": vsource, "submission_id": rec["submission_id"],
+                "source": self._source, "import_id": self._batch_id}
 
     def flush(self) -> None:
         """Insert the queued rows (``ON CONFLICT DO NOTHING`` on ``submission_id``)."""
@@ -442,38 +476,23 @@ class Ingestor:
             return
         rows, self._buffer = self._buffer, []
         self._queued += len(rows)
-        if self._pg and not self.keep_ids:
-            self._copy(rows)
+        if self._stage is not None:
+            self._stage.write(rows)
             return
         result = self.session.execute(self._insert, rows)
         if self.keep_ids:
             self.report.imported_ids.extend(result.scalars().all())
 
-    def _copy(self, rows: list[dict[str, Any]]) -> None:
-        """PostgreSQL bulk path: ``COPY`` the chunk into a temporary stage table, then ``INSERT …
-        SELECT … ON CONFLICT (submission_id) DO NOTHING`` (same outcome as the Core insert; the
-        client no longer renders 21 bind parameters per row). Times are aware UTC already."""
-        cols = list(rows[0])
-        names = ", ".join(cols)
-        cur = self.session.connection().connection.dbapi_connection.cursor()
-        try:
-            if not self._stage_ready:
-                cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS feedback_stage ON COMMIT DROP AS "
-                            f"SELECT {names} FROM feedback WITH NO DATA")
-                cur.execute("TRUNCATE feedback_stage")
-                self._stage_ready = True
-            with cur.copy(f"COPY feedback_stage ({names}) FROM STDIN") as copy:
-                for r in rows:
-                    copy.write_row([r[c] for c in cols])
-            cur.execute(f"INSERT INTO feedback ({names}) SELECT {names} FROM feedback_stage "
-                        "ON CONFLICT (submission_id) DO NOTHING")
-            cur.execute("TRUNCATE feedback_stage")
-        finally:
-            cur.close()
+    def close(self) -> None:
+        """On an error path: end the PostgreSQL merge in flight (the caller rolls back)."""
+        if self._stage is not None:
+            self._stage.close()
 
     def finish(self, clock: Clock) -> ImportReport:
         """Flush, store the batch counts and audit the import; returns the report."""
         self.flush()
+        if self._stage is not None:
+            self._stage.finish()
         if self.keep_ids:
             self.report.imported = len(self.report.imported_ids)
         else:
@@ -548,14 +567,18 @@ def import_file(session: Session, path: Path, clock: Clock = utc_now, *, encodin
     ing.report.format, ing.report.encoding = fmt, encoding
     ing.batch.file_sha256, ing.batch.encoding = sha, encoding
     size = max(1, path.stat().st_size)
-    with path.open("r", encoding=encoding, newline="" if fmt == "csv" else None, errors="strict") as f:
-        records = csv_records(f, ing.report.warnings) if fmt == "csv" else jsonl_records(f)
-        for i, (line, raw) in enumerate(records):
-            ing.add(line, raw)
-            if progress is not None and i % CHUNK_ROWS == CHUNK_ROWS - 1:
-                progress(min(1.0, f.buffer.tell() / size) if hasattr(f, "buffer") else 0.0,
-                         f"{ing.report.rows_total:,} rows read")
-    report = ing.finish(clock)
+    try:
+        with path.open("r", encoding=encoding, newline="" if fmt == "csv" else None, errors="strict") as f:
+            records = csv_records(f, ing.report.warnings) if fmt == "csv" else jsonl_records(f)
+            for i, (line, raw) in enumerate(records):
+                ing.add(line, raw)
+                if progress is not None and i % CHUNK_ROWS == CHUNK_ROWS - 1:
+                    progress(min(1.0, f.buffer.tell() / size) if hasattr(f, "buffer") else 0.0,
+                             f"{ing.report.rows_total:,} rows read")
+        report = ing.finish(clock)
+    except BaseException:
+        ing.close()
+        raise
     if progress is not None:
         progress(1.0, f"{report.imported:,} imported")
     return report
@@ -569,8 +592,12 @@ def ingest_records(session: Session, records: Iterable[dict[str, Any]], clock: C
     ``first_line`` (the endpoint uses 0: item indexes). Same rules and report as :func:`import_file`."""
     ing = Ingestor(session, clock, source=source, origin=origin, rate_limit_per_hour=rate_limit_per_hour,
                    units=units, keep_ids=keep_ids, actor=actor)
-    for i, raw in enumerate(records, start=first_line):
-        if not isinstance(raw, dict):
-            raw = RowError(i, "-", f"a JSON {type(raw).__name__} instead of an object")
-        ing.add(i, raw)
-    return ing.finish(clock)
+    try:
+        for i, raw in enumerate(records, start=first_line):
+            if not isinstance(raw, dict):
+                raw = RowError(i, "-", f"a JSON {type(raw).__name__} instead of an object")
+            ing.add(i, raw)
+        return ing.finish(clock)
+    except BaseException:
+        ing.close()
+        raise

@@ -8,6 +8,7 @@ and are converted column-wise by pandas.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,7 +40,8 @@ _CATEGORICAL = {"feature", "intent", "stt_version", "qa_version", "tts_version",
 def offline_evaluations(session: Session) -> pd.DataFrame:
     """Offline figures per (kind, version) from the model registry, or an empty frame when the
     registry is not installed. Uses ``ModelVersion`` (``fleet.models``, else ``fleet.registry``) attributes ``kind``, ``version``
-    and ``evaluation`` (a JSON dict; its numeric top-level entries and those of its ``summary``)."""
+    and ``evaluation`` (a JSON dict; its numeric top-level entries and those of its ``summary``),
+    and ``evaluation_passed`` as ``offline_evaluation_passed`` (True, False or None)."""
     try:
         from fleet.models import ModelVersion  # type: ignore[attr-defined]
     except ImportError:
@@ -59,6 +61,7 @@ def offline_evaluations(session: Session) -> pd.DataFrame:
         for src in (ev, ev.get("summary") if isinstance(ev.get("summary"), dict) else {}):
             flat.update({f"offline_{k}": v for k, v in src.items()
                          if isinstance(v, int | float) and not isinstance(v, bool)})
+        flat["offline_evaluation_passed"] = getattr(mv, "evaluation_passed", None)  # the registry's gate
         rows.append({"kind": getattr(mv, "kind", None), "version": getattr(mv, "version", None), **flat})
     return pd.DataFrame(rows)
 
@@ -157,19 +160,84 @@ def _join_units(frame: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_feedback_frame(session: Session, since: datetime | None = None, after_id: int | None = None) -> pd.DataFrame:
-    """Feedback without text as a DataFrame (:data:`FEEDBACK_COLUMNS`; times ``datetime64[ns, UTC]``,
-    versions/feature categorical), one query; ``since`` filters on ``submitted_at``, ``after_id`` on id."""
+    """Feedback without text as a DataFrame (:data:`FEEDBACK_COLUMNS`; times ``datetime64[us, UTC]``,
+    versions/feature/intent categorical); ``since`` filters on ``submitted_at``, ``after_id`` on id
+    (the incremental refresh: one plain query; a full load: :func:`_fetch_coded`)."""
     where, params = [], []
-    sql, ph = _select_sql(session, "feedback", FEEDBACK_COLUMNS)
+    ph = "%s" if session.get_bind().dialect.name == "postgresql" else "?"
     if since is not None:
         where.append(f"submitted_at >= {ph}")
         params.append(_time_param(session, since))
     if after_id is not None:
         where.append(f"id > {ph}")
         params.append(after_id)
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return _fetch(session, sql, tuple(params), FEEDBACK_COLUMNS)
+    if after_id is not None:  # an incremental refresh: few rows, one plain query (no DISTINCT scans)
+        sql, _ = _select_sql(session, "feedback", FEEDBACK_COLUMNS, " AND ".join(where))
+        return _fetch(session, sql, tuple(params), FEEDBACK_COLUMNS)
+    return _fetch_coded(session, "feedback", FEEDBACK_COLUMNS, " AND ".join(where), tuple(params))
+
+
+def _fetch_coded(session: Session, table: str, columns: tuple[str, ...], where: str,
+                 params: tuple[Any, ...]) -> pd.DataFrame:
+    """Read NOT NULL integer, boolean and time columns and nullable text columns of ``table``
+    mostly as integers, then build the frame column-wise in numpy.
+
+    The database hands every value back as a Python object; a million rows of five text columns
+    are five million new strings, then hashed again to make them categorical. Here each text
+    column (:data:`_CATEGORICAL`) comes back as its code in its sorted distinct values (a
+    ``CASE`` over the values a ``SELECT DISTINCT`` found; NULL → -1; small integers are shared
+    objects in CPython) and booleans as 0/1, so the rows fill one int64 matrix (``np.fromiter``).
+    Times: integer microseconds since the epoch from PostgreSQL; on SQLite (where they are text,
+    ``speakerops.db.UTCDateTime``) the text, parsed by pandas (faster than SQLite's date
+    functions). The cold load of 1,000,000 rows: see ``docs/feedback.md``.
+    """
+    pg = session.get_bind().dialect.name == "postgresql"
+    ph = "%s" if pg else "?"
+    cond = f" WHERE {where}" if where else ""
+    as_text = [c for c in columns if c in _TIME_COLUMNS and not pg]
+    as_int = [c for c in columns if c not in as_text]
+    cur = session.connection().connection.dbapi_connection.cursor()
+    try:
+        values: dict[str, list[str]] = {}
+        exprs, case_params = [], []
+        for c in as_int:
+            if c in _CATEGORICAL:
+                cur.execute(f"SELECT DISTINCT {c} FROM {table}{cond}", params)
+                values[c] = sorted(str(v) for (v,) in cur.fetchall() if v is not None)
+                if values[c]:
+                    exprs.append(f"CASE {c} " + " ".join(f"WHEN {ph} THEN {i}" for i in range(len(values[c])))
+                                 + " ELSE -1 END")
+                    case_params.extend(values[c])
+                else:
+                    exprs.append("-1")
+            elif c in _TIME_COLUMNS:
+                exprs.append(f"(EXTRACT(EPOCH FROM {c}) * 1000000)::int8")
+            else:
+                exprs.append(f"CAST({c} AS INTEGER)")
+        cur.execute(f"SELECT {', '.join(exprs + as_text)} FROM {table}{cond}", (*case_params, *params))
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    k, n = len(as_int), len(rows)
+    frame: dict[str, Any] = {c: pd.to_datetime([r[k + i] for r in rows], format="ISO8601", utc=True)
+                             for i, c in enumerate(as_text)}
+    ints = itertools.chain.from_iterable(r[:k] for r in rows) if as_text else itertools.chain.from_iterable(rows)
+    matrix = np.fromiter(ints, dtype=np.int64, count=n * k).reshape(n, k)
+    del rows
+    for j, c in enumerate(as_int):
+        col = matrix[:, j]
+        if c in _CATEGORICAL:
+            frame[c] = pd.Categorical.from_codes(col, categories=pd.Index(values[c], dtype=object).astype(str)
+                                                 if values[c] else pd.Index([], dtype=str))
+        elif c in _TIME_COLUMNS:
+            frame[c] = pd.to_datetime(col, unit="us", utc=True)
+        elif c in ("corrected", "repeated", "cancelled"):
+            frame[c] = col.astype(bool)
+        elif c == "rating":
+            frame[c] = col.astype(np.int8)
+        else:
+            frame[c] = col.copy()
+    return pd.DataFrame({c: frame[c] for c in columns})
 
 
 def load_ticket_frame(session: Session, updated_since: datetime | None = None) -> pd.DataFrame:

@@ -47,7 +47,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["KINDS", "TrendCache", "TrendData", "Trends", "backlog_by_age", "bootstrap_rate_ci", "complaints_per_1000_unit_days",
            "compute_trends", "correction_rates", "csat", "drill_down_ids", "feedback_table", "load_feedback_frame",
            "load_ticket_frame", "load_trend_data", "load_units", "load_version_history", "offline_evaluations",
-           "offline_vs_online", "sla_breaches", "sla_status", "ticket_times", "unit_days", "volume"]
+           "offline_vs_online", "sla_breaches", "sla_status", "ticket_times", "unit_days", "version_comparison",
+           "volume"]
 
 #: Backlog age buckets (upper edges, hours) and their labels.
 AGE_EDGES_H: tuple[float, ...] = (0.0, 24.0, 48.0, 168.0, np.inf)
@@ -302,25 +303,53 @@ def sla_breaches(tickets: pd.DataFrame, now: datetime) -> pd.DataFrame:
 
 
 # -- offline against online -----------------------------------------------------------------------
-def offline_vs_online(data: TrendData, start: datetime, end: datetime, kind: str = "qa", n_boot: int = 1000,
-                      seed: int = 0, first_feedback: pd.Series | None = None) -> pd.DataFrame:
-    """Per ``<kind>_version``: the registry's offline figures (``offline_*`` columns, absent when the
-    registry has no evaluation) beside the online ones: correction rate with CI, CSAT, complaints
-    per 1,000 unit-days."""
-    fb = data.feedback
-    online = correction_rates(fb, kind, n_boot=n_boot, seed=seed)
+def version_comparison(feedback: pd.DataFrame, units: pd.DataFrame, history: pd.DataFrame, offline: pd.DataFrame,
+                       start: datetime, end: datetime, kind: str = "qa", n_boot: int = 1000, seed: int = 0,
+                       first_feedback: pd.Series | None = None) -> pd.DataFrame:
+    """Per ``<kind>_version``, online figures beside the registry's offline ones.
+
+    Parameters
+    ----------
+    feedback
+        Feedback rows (columns ``unit_id``, ``<kind>_version``, ``rating``, ``corrected``,
+        ``repeated``, ``cancelled``, ``submitted_at``), e.g. :attr:`TrendData.feedback` or a
+        filtered frame of the console's Feedback page.
+    units, history
+        :func:`load_units` and :func:`load_version_history` (the exposure for unit-days; pass the
+        units of a site only to count that site's unit-days).
+    offline
+        :func:`offline_evaluations` (may be empty).
+    start, end
+        The window of the unit-days (aware UTC).
+    first_feedback
+        Earliest feedback per unit id (default: from ``feedback``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``<kind>_version`` (versions with feedback or unit-days); the columns of
+        :func:`correction_rates` (CI: :func:`bootstrap_rate_ci`), ``unit_days`` (:func:`unit_days`),
+        ``per_1000_unit_days`` (complaints, ratings 1–2) and the registry's ``offline_*`` columns.
+    """
+    online = correction_rates(feedback, kind, n_boot=n_boot, seed=seed)
     if first_feedback is None:
-        first_feedback = first_feedback_per_unit(fb)
-    days = unit_days(data.units, data.history, start, end, kind, first_feedback)
+        first_feedback = first_feedback_per_unit(feedback)
+    days = unit_days(units, history, start, end, kind, first_feedback)
     out = online.join(days, how="outer")
     out["complaints"] = out["complaints"].fillna(0)
     out["per_1000_unit_days"] = np.where(out["unit_days"] > 0, 1000 * out["complaints"] / out["unit_days"], np.nan)
-    off = data.offline
-    if not off.empty and {"kind", "version"} <= set(off.columns):
-        off = off[off["kind"] == kind].drop(columns="kind").set_index("version")
+    if not offline.empty and {"kind", "version"} <= set(offline.columns):
+        off = offline[offline["kind"] == kind].drop(columns="kind").set_index("version")
         out = out.join(off, how="left")
     out.index.name = f"{kind}_version"
     return out
+
+
+def offline_vs_online(data: TrendData, start: datetime, end: datetime, kind: str = "qa", n_boot: int = 1000,
+                      seed: int = 0, first_feedback: pd.Series | None = None) -> pd.DataFrame:
+    """:func:`version_comparison` over a :class:`TrendData` snapshot."""
+    return version_comparison(data.feedback, data.units, data.history, data.offline, start, end, kind, n_boot, seed,
+                              first_feedback)
 
 
 # -- all together ---------------------------------------------------------------------------------

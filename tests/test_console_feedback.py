@@ -186,3 +186,35 @@ def test_bootstrap_interval_is_stable() -> None:
     lo, hi = fd.bootstrap_rate_ci(12, 24)
     assert 0.28 < lo < 0.5 < hi < 0.72
     assert fd.bootstrap_rate_ci(0, 0)[0] != fd.bootstrap_rate_ci(0, 0)[0]  # nan without data
+
+
+def test_version_comparison_is_the_one_of_feedback_trends(rt) -> None:
+    """The page's comparison and ``speakerops trends`` give the same correction rate, interval and
+    unit-days for the same rows (one definition), with heartbeats showing a version change."""
+    from feedback.trends import TrendCache, offline_vs_online
+    from fleet.models import Unit
+    from tests.feedback_helpers import add_heartbeat
+
+    with rt.session_factory.begin() as s:
+        u3 = s.query(Unit).filter_by(serial="SPK-000003").one()
+        add_heartbeat(s, u3, NOW - timedelta(days=3), stt="stt-1.0", qa="qa-1.0", tts="tts-1.0")
+    since = fd.period_start(NOW, 30)
+    load = fd.load_feedback(rt.session_factory, lambda: NOW, fd.FeedbackQuery(since=since))
+    assert load.figures["unit_days_basis"] == "heartbeats"
+    with rt.session_factory() as s:
+        data = TrendCache().refresh(s, NOW)
+    ref = offline_vs_online(data, since, NOW, "stt", n_boot=fd.N_BOOT)
+    page = load.versions.set_index("version")
+    assert set(page.index) == set(ref.index) == {"stt-1.0", "stt-1.1"}
+    for v in ref.index:
+        for ours, theirs in (("correction_rate", "correction_rate"), ("ci_low", "ci_low"), ("ci_high", "ci_high"),
+                             ("unit_days", "unit_days"), ("complaints_per_1000_unit_days", "per_1000_unit_days"),
+                             ("wer", "offline_wer")):
+            assert page.loc[v, ours] == pytest.approx(ref.loc[v, theirs]), (v, ours)
+    assert page.loc["stt-1.0", "evaluation_passed"] is True
+    # with a site filter only that site's units count: in busan, unit 4 on stt-1.1 and unit 3, whose
+    # heartbeat reports stt-1.0 (so it counts there); the seoul units 1-2 (stt-1.0) drop out
+    busan = fd.load_feedback(rt.session_factory, lambda: NOW, fd.FeedbackQuery(since=since, site="busan"))
+    days = busan.versions.set_index("version")["unit_days"]
+    assert days["stt-1.1"] == pytest.approx(page.loc["stt-1.1", "unit_days"])
+    assert 0 < days["stt-1.0"] < page.loc["stt-1.0", "unit_days"] / 2

@@ -212,3 +212,58 @@ def test_cli_import_exit_status_and_json_report(units, tmp_path) -> None:
     assert res.exit_code == 1 and "does not exist" in res.output
     with units.session_factory() as s:
         assert s.scalar(select(func.count()).select_from(Feedback)) == 2
+
+
+def test_many_chunks_merge_every_good_row_once(units, tmp_path, monkeypatch) -> None:
+    """Chunks of 3 rows: on PostgreSQL each is merged while the next is validated (a pipeline in
+    flight when heartbeat look-ups and the next chunk's COPY come); the outcome is the same."""
+    import feedback.ingest as ingest
+    from fleet.models import Unit
+
+    monkeypatch.setattr(ingest, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(ingest, "PG_CHUNK_ROWS", 3)
+    monkeypatch.setattr(ingest.VersionLookup, "BULK_AFTER", 10**9)  # a heartbeat query per row
+    now = units.clock()
+    with units.session_factory.begin() as s:
+        spk1 = s.execute(select(Unit).where(Unit.serial == "SPK-1")).scalar_one()
+        add_heartbeat(s, spk1, now - timedelta(hours=10), stt="stt-1.3.2", qa="qa-2.0.4", tts="tts-1.0.2")
+    rows = [row(at=(now - timedelta(hours=5, minutes=i)).isoformat(), submission_id=f"p{i % 20}",
+                text="call 010-1234-5678" if i % 4 == 0 else "", rating=9 if i % 7 == 6 else 4)
+            for i in range(26)]
+    path = write_csv(tmp_path / "chunks.csv", rows)
+    with units.session_factory.begin() as s:
+        first = import_file(s, path, units.clock)
+    # 26 rows: ratings out of range at i = 6, 13, 20 (rejected before de-duplication); i = 21 .. 25
+    # repeat p1 .. p5 of the first chunks
+    assert (first.rejected, first.duplicates_in_file, first.imported) == (3, 5, 18)
+    with units.session_factory.begin() as s:
+        again = import_file(s, path, units.clock)
+    assert (again.imported, again.duplicates_existing, again.rejected) == (0, 18, 3)
+    stored = _stored(units)
+    assert len(stored) == 18 and all(f.qa_version == "qa-2.0.4" and f.versions_source == "heartbeat"
+                                     for f in stored)
+    assert {f.text for f in stored} == {None, "call [phone]"}
+
+
+def test_a_merge_failing_on_the_server_fails_the_import_and_the_database_stays_usable(units, monkeypatch) -> None:
+    """A unit deleted after the import looked it up: the foreign key refuses the rows when they are
+    merged; the import raises, nothing of it is kept, and the next import works."""
+    import feedback.ingest as ingest
+    from sqlalchemy.exc import IntegrityError
+    from psycopg.errors import ForeignKeyViolation
+
+    monkeypatch.setattr(ingest, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(ingest, "PG_CHUNK_ROWS", 2)
+    with units.session_factory() as s:
+        real = ingest.load_units(s)
+    ghost = {"SPK-1": ingest.UnitInfo(10**6, True, (None, None, None)), "SPK-2": real["SPK-2"]}
+    records = [row(serial="SPK-2", submission_id="ok1"), row(serial="SPK-2", submission_id="ok2"),
+               row(serial="SPK-1", submission_id="ghost"), row(serial="SPK-2", submission_id="ok3"),
+               row(serial="SPK-2", submission_id="ok4")]
+    with pytest.raises((IntegrityError, ForeignKeyViolation)):
+        with units.session_factory.begin() as s:
+            ingest_records(s, records, units.clock, source="import", origin="t", units=ghost)
+    assert _stored(units) == []
+    with units.session_factory.begin() as s:
+        report = ingest_records(s, records[:2], units.clock, source="import", origin="t")
+    assert report.imported == 2 and len(_stored(units)) == 2

@@ -185,3 +185,38 @@ def test_cli_trends_json(dataset) -> None:
     assert res.exit_code == 0 and "corrections" in res.stdout
     res = CliRunner().invoke(app, ["trends", "--since", "yesterday", "--db-url", dataset.db_url])
     assert res.exit_code == 1 and "--since" in res.output
+
+
+def test_coded_load_keeps_every_value_and_a_refresh_adds_new_versions(dataset) -> None:
+    """The cold load reads text columns as codes: missing values, quotes and non-ASCII survive,
+    times keep their microseconds, and a version first seen in a refresh joins the categories."""
+    from feedback.trend_data import load_feedback_frame
+
+    now = dataset.clock()
+    odd = [_fb("U2", now - timedelta(hours=2, microseconds=7), 3, False, "qa-it's-β", sid="odd1"),
+           row(serial="U2", at=(now - timedelta(hours=3)).isoformat(), intent="", submission_id="odd2")]
+    with dataset.session_factory.begin() as s:
+        ingest_records(s, odd, dataset.clock, source="app", origin="t")
+    cache = TrendCache()
+    with dataset.session_factory() as s:
+        frame = load_feedback_frame(s)
+        data = cache.refresh(s, now)
+    by_sid = frame.set_index("id")
+    with dataset.session_factory() as s:
+        stored = {f.id: f for f in s.query(Feedback)}
+    assert len(frame) == len(stored) == 10
+    for fid, f in stored.items():
+        r = by_sid.loc[fid]
+        assert r["submitted_at"].to_pydatetime() == f.submitted_at
+        assert (r["qa_version"] if isinstance(r["qa_version"], str) else None) == f.qa_version
+        assert (r["intent"] if isinstance(r["intent"], str) else None) == f.intent
+        assert (r["rating"], bool(r["corrected"]), r["unit_id"]) == (f.rating, f.corrected, f.unit_id)
+    assert "qa-it's-β" in set(data.feedback["qa_version"].cat.categories)
+    with dataset.session_factory.begin() as s:
+        ingest_records(s, [_fb("U1", now - timedelta(minutes=5), 1, True, "qa-3.0.0", sid="new3")], dataset.clock,
+                       source="app", origin="t")
+    with dataset.session_factory() as s:
+        data = cache.refresh(s, now)
+    qa = data.feedback["qa_version"]
+    assert len(data.feedback) == 11 and (qa == "qa-3.0.0").sum() == 1 and (qa == "qa-2.1.0").sum() == 6  # odd2: U2's current
+    assert compute_trends(data, now).versions["qa"].loc["qa-3.0.0", "n"] == 1

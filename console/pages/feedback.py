@@ -10,7 +10,8 @@ export of the shown rows and an HTML report with the charts as PNG.
 
 Data flow: :func:`console.pages.feedback_data.load_feedback` runs on the ``db`` executor (every
 ``refresh_interval_s`` while visible and on every filter change); topics read the texts on
-``db`` and embed them on ``inference``. Definitions of the figures: ``feedback_data``'s docstring.
+``db`` and embed them on ``inference``. Definitions of the figures: ``feedback_data``'s docstring
+(those of :mod:`feedback.trends`, which computes the version comparison).
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ class FeedbackPage(RefreshWhileVisible, QWidget):
         self.tiles = {key: Tile(key, word, theme) for key, word in (
             ("feedback", "Feedback in the period"), ("csat", "CSAT (ratings 4–5)"),
             ("correction_rate", "Correction rate"), ("open_complaints", "Open complaint tickets"))}
-        self.tiles["correction_rate"].setToolTip("Answers the user corrected, repeated or cancelled right after")
+        self.tiles["correction_rate"].setToolTip("Answers the user corrected right after (repeats and cancels "
+                                                 "are counted apart), as in `speakerops trends`")
         tiles_row = QHBoxLayout()
         for tile in self.tiles.values():
             tiles_row.addWidget(tile, 1)

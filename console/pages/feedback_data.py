@@ -4,14 +4,19 @@ confidence intervals beside the registry's offline evaluation, the tile figures,
 that :mod:`feedback.topics` groups into topics.
 
 Reads SQLAlchemy over ``feedback`` (``feedback.models``), ``units``, ``heartbeats``,
-``model_versions`` and ``tickets``; it never writes. Definitions (also in the page's tooltips):
+``model_versions`` and ``tickets``; it never writes. The definitions are those of
+:mod:`feedback.trends` (and ``speakerops trends``; the page's tooltips repeat them), and the
+version comparison is computed by :func:`feedback.trends.version_comparison` itself:
 
 * **CSAT**: share of ratings 4–5 among all ratings (the usual "top-two-box" CSAT).
-* **Correction rate**: share of answers the user corrected, repeated or cancelled right after
-  (the online counterpart of accuracy; Amazon measures Alexa defects through such reformulations).
+* **Correction rate**: share of answers the user corrected right after (the online counterpart
+  of accuracy; Amazon measures Alexa defects through such reformulations). Repeats and cancels
+  are counted apart. Its 95 % interval: :func:`feedback.trends.bootstrap_rate_ci` (units
+  resampled when a version has >= 20 units, else items; 1,000 replicates).
 * **Complaint**: a rating of 1 or 2. **Complaints per 1,000 unit-days** divides by the unit-days
-  on the version: distinct (unit, UTC day) pairs with a heartbeat reporting it in the period, or,
-  without heartbeats, the units on it now × the days of the period.
+  on the version (:func:`feedback.trends.unit_days`: each unit from when it was first seen to the
+  end of the period, split at the version changes its heartbeats show; units without heartbeats
+  count on their current version). With a site filter, only that site's units count.
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import func, or_, select
 
+from feedback import trends
 from feedback.models import Feedback, Ticket
+from feedback.trend_data import load_units, load_version_history, offline_evaluations
 
 logger = logging.getLogger(__name__)
 
 #: Rows the table holds at most (newest first); the trends use every row of the period.
 PAGE_SIZE = 5000
-#: Bootstrap resamples for the 95 % intervals (percentile method; seed fixed so figures are stable).
-N_BOOT = 2000
+#: Bootstrap replicates for the 95 % intervals (those of ``speakerops trends``; seed fixed so figures are stable).
+N_BOOT = 1000
 VERSION_KINDS: tuple[str, ...] = ("stt", "qa", "tts")
 #: Series the volume chart can split by: key → (frame column, label).
 SERIES_BY: dict[str, tuple[str, str]] = {
@@ -45,7 +52,7 @@ OFFLINE_KEYS: tuple[tuple[str, str], ...] = (("wer", "WER"), ("intent_accuracy",
                                              ("answer_accuracy", "answer accuracy"))
 FRAME_COLUMNS = ("id", "submitted_at", "unit", "site", "hardware_rev", "household_id", "feature", "intent",
                  "rating", "text", "corrected", "repeated", "cancelled", "stt_version", "qa_version",
-                 "tts_version", "version", "day", "defect")
+                 "tts_version", "unit_id", "version", "day", "defect")
 
 
 @dataclass(frozen=True)
@@ -95,13 +102,14 @@ def _unit_table():
 def read_frame(session: Any, q: FeedbackQuery) -> pd.DataFrame:
     """Feedback rows of the period matching the filters (not the drill-down), with the unit's
     serial, site and hardware revision, as a frame (:data:`FRAME_COLUMNS`); ``version`` is the
-    ``version_kind`` version, ``defect`` corrected|repeated|cancelled."""
+    ``version_kind`` version, ``defect`` corrected|repeated|cancelled (the table's flag; the
+    correction rate counts ``corrected`` only, as :mod:`feedback.trends` does)."""
     unit = _unit_table()
     vcol = {"stt": Feedback.stt_version, "qa": Feedback.qa_version, "tts": Feedback.tts_version}[q.version_kind]
     stmt = (select(Feedback.id, Feedback.submitted_at, unit.serial, unit.site, unit.hardware_rev,
                    Feedback.household_id, Feedback.feature, Feedback.intent, Feedback.rating, Feedback.text,
                    Feedback.corrected, Feedback.repeated, Feedback.cancelled, Feedback.stt_version,
-                   Feedback.qa_version, Feedback.tts_version)
+                   Feedback.qa_version, Feedback.tts_version, Feedback.unit_id)
             .join(unit, unit.id == Feedback.unit_id).where(Feedback.submitted_at >= q.since))
     if q.feature:
         stmt = stmt.where(Feedback.feature == q.feature)
@@ -118,7 +126,7 @@ def read_frame(session: Any, q: FeedbackQuery) -> pd.DataFrame:
         stmt = stmt.where(or_(func.lower(Feedback.text).like(like), func.lower(Feedback.intent).like(like),
                               func.lower(unit.serial).like(like)))
     rows = session.execute(stmt.order_by(Feedback.submitted_at.desc(), Feedback.id.desc())).all()
-    df = pd.DataFrame(rows, columns=list(FRAME_COLUMNS[:16]))
+    df = pd.DataFrame(rows, columns=list(FRAME_COLUMNS[:17]))
     df["version"] = df[f"{q.version_kind}_version"]
     if len(df):
         df["day"] = [t.date() for t in df["submitted_at"]]
@@ -150,84 +158,78 @@ def daily_volume(df: pd.DataFrame, by: str = "feature") -> pd.DataFrame:
 
 
 def daily_rates(df: pd.DataFrame) -> pd.DataFrame:
-    """Per UTC day: ``n``, ``csat`` (share of ratings 4–5) and ``correction_rate`` (0–1)."""
+    """Per UTC day: ``n``, ``csat`` (share of ratings 4–5) and ``correction_rate`` (share corrected, 0–1)."""
     if not len(df):
         return pd.DataFrame(columns=["n", "csat", "correction_rate"])
-    g = df.assign(sat=df["rating"] >= 4).groupby("day")
+    g = df.assign(sat=df["rating"] >= 4, fixed=df["corrected"].astype(bool)).groupby("day")
     return pd.DataFrame({"n": g["id"].count(), "csat": g["sat"].mean(),
-                         "correction_rate": g["defect"].mean()}).sort_index()
+                         "correction_rate": g["fixed"].mean()}).sort_index()
 
 
 def bootstrap_rate_ci(successes: int, n: int, n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile-bootstrap interval of a proportion ``successes / n``.
-
-    Resampling n Bernoulli outcomes with replacement draws the resampled count from
-    Binomial(n, p̂); that is what this does, without materialising the rows. (nan, nan) for n = 0.
-    """
-    if n <= 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    rates = rng.binomial(n, successes / n, size=n_boot) / n
-    lo, hi = np.percentile(rates, [2.5, 97.5])
-    return float(lo), float(hi)
+    """95 % percentile-bootstrap interval of a proportion ``successes / n`` of items that are not
+    grouped by unit: :func:`feedback.trends.bootstrap_rate_ci` with one cluster (a binomial draw
+    per replicate). (nan, nan) for n = 0."""
+    return trends.bootstrap_rate_ci(np.array([successes]), np.array([n]), n_boot, seed)
 
 
-def unit_days(session: Any, kind: str, since: datetime, until: datetime) -> tuple[dict[str, float], str]:
-    """Unit-days per version of ``kind`` in [since, until): distinct (unit, UTC day) pairs with a
-    heartbeat reporting the version; without heartbeats, units on it now × days. Returns the
-    mapping and how it was counted (``"heartbeats"`` or ``"current units"``)."""
-    from fleet.models import Heartbeat
+@dataclass(frozen=True)
+class Exposure:
+    """What the unit-days are computed from (:func:`feedback.trends.unit_days`)."""
 
-    unit = _unit_table()
-    hb_col = getattr(Heartbeat, f"{kind}_version")
-    day = func.date(Heartbeat.received_at)
-    pairs = (select(Heartbeat.unit_id, day.label("d"), hb_col.label("v"))
-             .where(Heartbeat.received_at >= since, Heartbeat.received_at < until, hb_col.is_not(None))
-             .group_by(Heartbeat.unit_id, day, hb_col).subquery())
-    counted = session.execute(select(pairs.c.v, func.count()).group_by(pairs.c.v)).all()
-    if counted:
-        return {v: float(n) for v, n in counted}, "heartbeats"
-    days = max(1.0, (until - since).total_seconds() / 86400)
-    ucol = getattr(unit, f"{kind}_version")
-    current = session.execute(select(ucol, func.count()).where(ucol.is_not(None)).group_by(ucol)).all()
-    return {v: n * days for v, n in current}, "current units"
+    units: pd.DataFrame          # feedback.trend_data.load_units (of the site filter, if any)
+    history: pd.DataFrame        # feedback.trend_data.load_version_history (of those units)
+    first_feedback: pd.Series    # earliest feedback per unit id in the period
+    offline: pd.DataFrame        # feedback.trend_data.offline_evaluations
+
+    @property
+    def basis(self) -> str:
+        """How the unit-days were counted, for the page's status line."""
+        return "heartbeats" if len(self.history) else "current units"
 
 
-def offline_figures(session: Any, kind: str) -> dict[str, dict[str, Any]]:
-    """Per version of ``kind``: the registry's offline evaluation (:data:`OFFLINE_KEYS`) and gate."""
-    from fleet.models import ModelVersion
+def load_exposure(session: Any, since: datetime, site: str | None = None) -> Exposure:
+    """Units, their version history, first feedback per unit since ``since`` and the registry's
+    evaluations (one query each)."""
+    units = load_units(session)
+    history = load_version_history(session)
+    if site:
+        units = units[(units["site"].astype(object) == site).to_numpy()]
+        history = history[history["unit_id"].isin(units["unit_id"])]
+    rows = session.execute(select(Feedback.unit_id, func.min(Feedback.submitted_at))
+                           .where(Feedback.submitted_at >= since).group_by(Feedback.unit_id)).all()
+    first = pd.Series(pd.to_datetime([r[1] for r in rows], utc=True), index=[r[0] for r in rows], dtype="datetime64[ns, UTC]")
+    return Exposure(units, history, first, offline_evaluations(session))
 
-    out: dict[str, dict[str, Any]] = {}
-    for mv in session.execute(select(ModelVersion).where(ModelVersion.kind == kind)).scalars():
-        ev = mv.evaluation or {}
-        summary = ev.get("summary", ev) if isinstance(ev, dict) else {}
-        out[mv.version] = {key: summary.get(key) for key, _ in OFFLINE_KEYS}
-        out[mv.version]["evaluation_passed"] = mv.evaluation_passed
-    return out
+
+#: The page's names for :func:`feedback.trends.version_comparison`'s columns.
+_RENAME = {"corrected": "corrections", "per_1000_unit_days": "complaints_per_1000_unit_days",
+           "offline_wer": "wer", "offline_intent_accuracy": "intent_accuracy",
+           "offline_answer_accuracy": "answer_accuracy", "offline_evaluation_passed": "evaluation_passed"}
+VERSION_FIELDS = ("version", "n", "corrections", "correction_rate", "ci_low", "ci_high", "csat", "complaints",
+                  "unit_days", "complaints_per_1000_unit_days", "wer", "intent_accuracy", "answer_accuracy",
+                  "evaluation_passed")
 
 
-def version_comparison(df: pd.DataFrame, days: dict[str, float], offline: dict[str, dict[str, Any]],
+def version_comparison(df: pd.DataFrame, exposure: Exposure, kind: str, since: datetime, until: datetime,
                        n_boot: int = N_BOOT) -> pd.DataFrame:
-    """One row per model version seen in the feedback or the registry: ``version``, ``n``,
-    ``corrections``, ``correction_rate`` with ``ci_low``/``ci_high`` (bootstrap 95 %), ``csat``,
-    ``complaints`` (ratings 1–2), ``unit_days``, ``complaints_per_1000_unit_days`` and the offline
-    figures (``wer``, ``intent_accuracy``, ``answer_accuracy``, ``evaluation_passed``)."""
-    versions = sorted(set(df["version"].dropna().astype(str)) | set(offline)) if len(df) else sorted(offline)
-    out = []
-    for v in versions:
-        part = df[df["version"] == v] if len(df) else df
-        n = int(len(part))
-        k = int(part["defect"].sum()) if n else 0
-        lo, hi = bootstrap_rate_ci(k, n, n_boot)
-        complaints = int((part["rating"] <= 2).sum()) if n else 0
-        ud = days.get(v)
-        off = offline.get(v, {})
-        out.append({"version": v, "n": n, "corrections": k, "correction_rate": k / n if n else None,
-                    "ci_low": lo if n else None, "ci_high": hi if n else None,
-                    "csat": float((part["rating"] >= 4).mean()) if n else None, "complaints": complaints,
-                    "unit_days": ud, "complaints_per_1000_unit_days": complaints / ud * 1000 if ud else None,
-                    **{key: off.get(key) for key, _ in OFFLINE_KEYS}, "evaluation_passed": off.get("evaluation_passed")})
-    return pd.DataFrame(out)
+    """One row per model version of ``kind`` with feedback or unit-days in the period, sorted:
+    :data:`VERSION_FIELDS` — :func:`feedback.trends.version_comparison` (correction rate with its
+    bootstrap 95 % CI, CSAT, complaints per 1,000 unit-days) under the page's column names, with
+    the registry's offline figures (None where it has none)."""
+    frame = df if len(df) else df.assign(unit_id=pd.Series(dtype=np.int64))
+    out = trends.version_comparison(frame, exposure.units, exposure.history, exposure.offline, since, until, kind,
+                                    n_boot=n_boot, first_feedback=exposure.first_feedback)
+    out = out.rename(columns=_RENAME).rename_axis("version").reset_index()
+    out["version"] = out["version"].astype(str)
+    out["n"] = out["n"].fillna(0).astype(int)
+    out["corrections"] = out["corrections"].fillna(0).astype(int)
+    out["complaints"] = out["complaints"].fillna(0).astype(int)
+    for col in VERSION_FIELDS:
+        if col not in out:
+            out[col] = None
+    out = out[list(VERSION_FIELDS)].sort_values("version", kind="stable").reset_index(drop=True)
+    return out.astype(object).where(out.notna(), None)
 
 
 def _options(session: Any, since: datetime) -> dict[str, tuple[str, ...]]:
@@ -245,7 +247,7 @@ def _row_dict(r: Any) -> dict[str, Any]:
     d = {k: r[k] for k in FRAME_COLUMNS if k != "day"}
     d["submitted_at"] = r["submitted_at"].to_pydatetime() if hasattr(r["submitted_at"], "to_pydatetime") \
         else r["submitted_at"]
-    for k in ("rating", "id"):
+    for k in ("rating", "id", "unit_id"):
         d[k] = int(d[k])
     for k in ("corrected", "repeated", "cancelled", "defect"):
         d[k] = bool(d[k])
@@ -263,8 +265,7 @@ def load_feedback(session_factory: Callable[[], Any], clock: Callable[[], dateti
     now = clock()
     with session_factory() as session:
         df = read_frame(session, q.without_drill())
-        days, basis = unit_days(session, q.version_kind, q.since, now)
-        offline = offline_figures(session, q.version_kind)
+        exposure = load_exposure(session, q.since, q.site)
         open_complaints = int(session.execute(select(func.count()).select_from(Ticket).where(
             Ticket.origin == "feedback", Ticket.state.in_(OPEN_STATES))).scalar_one())
         options = _options(session, q.since)
@@ -272,10 +273,10 @@ def load_feedback(session_factory: Callable[[], Any], clock: Callable[[], dateti
     rows = tuple(_row_dict(r) for r in shown.head(PAGE_SIZE).to_dict("records"))
     n = len(df)
     figures = {"feedback": n, "csat": float((df["rating"] >= 4).mean()) if n else None,
-               "correction_rate": float(df["defect"].mean()) if n else None, "open_complaints": open_complaints,
-               "unit_days_basis": basis}
+               "correction_rate": float(df["corrected"].astype(bool).mean()) if n else None,
+               "open_complaints": open_complaints, "unit_days_basis": exposure.basis}
     return FeedbackLoad(q, rows, len(shown), daily_volume(df, q.series_by), daily_rates(df),
-                        version_comparison(df, days, offline, n_boot), figures, options, now)
+                        version_comparison(df, exposure, q.version_kind, q.since, now, n_boot), figures, options, now)
 
 
 # -- topics (clustering: feedback.topics) ------------------------------------------------------
