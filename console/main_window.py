@@ -36,6 +36,7 @@ from console.pages.rollouts import RolloutsPage
 from console.pages.service_flow import ServiceFlowPage
 from console.pages.stub import PLANNED_PAGES, StubPage
 from console.pages.tickets import TicketsPage
+from console.pages.unit_diagnosis import UnitDiagnosisPanel
 from console.theme import THEMES, Theme
 from fleet.queries import collector_statuses
 
@@ -58,6 +59,16 @@ def make_rollout_runner(ctx: AppContext) -> Any:
 
     connector = SshConnector(ctx.session_factory, data_dir=ctx.settings.data_dir, clock=ctx.clock)
     return RolloutRunner(ctx.session_factory, connector, ctx.clock)
+
+
+def make_workbench(ctx: AppContext) -> Any:
+    """The technician workbench (SSH connector, evidence directory, model cache) for the unit panel."""
+    from fleet.ssh import SshConnector
+    from fleet.workbench import WorkbenchContext
+
+    connector = SshConnector(ctx.session_factory, data_dir=ctx.settings.data_dir, clock=ctx.clock)
+    return WorkbenchContext(ctx.session_factory, connector, ctx.settings.data_dir,
+                            ctx.models_root or ctx.settings.data_dir / "models", ctx.clock)
 
 
 def read_collector_statuses(session_factory: Callable[[], Any]) -> list[dict[str, Any]]:
@@ -124,9 +135,11 @@ class MainWindow(QMainWindow):
                                     refresh_interval_s=refresh_interval_s)
         self.service_flow_page = ServiceFlowPage(ctx.session_factory, ctx.clock, executors, reporter, theme)
         self.alerts_page = AlertsPage(ctx.session_factory, ctx.clock, executors, reporter, theme)
+        self.unit_panel = UnitDiagnosisPanel(ctx.session_factory, ctx.clock, executors, reporter, theme,
+                                             workbench_factory=lambda: make_workbench(ctx))
         self.diagnostics_page = DiagnosticsPage(
             ctx.models_root or ctx.settings.data_dir / "models", executors, reporter, theme,
-            reports_dir=ctx.settings.data_dir / "reports", clock=ctx.clock)
+            reports_dir=ctx.settings.data_dir / "reports", clock=ctx.clock, unit_panel=self.unit_panel)
         self.audit_page = AuditPage(ctx.session_factory, ctx.clock, executors, reporter, theme)
         self.models_page = ModelsPage(ctx.session_factory, ctx.clock, executors, reporter, theme,
                                       data_dir=ctx.settings.data_dir)

@@ -8,8 +8,11 @@
 2. Units a killed runner left ``in_progress`` go back to ``pending`` with the step they reached
    noted: they are run again through ``fleet.unit_update.update_unit``, which converges from any
    step (idempotent). Finished units are never redone.
-3. Groups run one after the other. Within the running group, up to ``max_parallel`` units are
-   updated at once by a thread pool, each marked ``in_progress`` (attempts + 1, ``started_at``)
+3. Groups run one after the other. Within the running group, units are updated by a thread
+   pool with at most ``max_parallel`` (K) SSH sessions open at once: a unit gives its session
+   slot back before its health gate (which only polls the agent over HTTP), so up to
+   :data:`IN_FLIGHT_FACTOR` × K units may be in flight while never more than K sessions are open.
+   Each unit is marked ``in_progress`` (attempts + 1, ``started_at``)
    and committed *before* its SSH work starts; every step it reaches is committed as it begins
    (``step_reached``). Units outside their maintenance window wait (``waiting_window``); the
    rate limit holds back starts; a unit pinned meanwhile to another version is ``skipped``.
@@ -27,11 +30,10 @@ No Qt: progress is reported through a plain ``progress(fraction, message)`` call
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -58,7 +60,10 @@ from fleet.rollout_workers import (
     LEASE_S,
     RolloutBusy,
     WorkerSpec,
+    accepts_keyword,
     claim_lease,
+    note_ssh_phase,
+    process_pool,
     release_lease,
     process_update,
     registry_bundle_dir,
@@ -75,6 +80,11 @@ logger = logging.getLogger(__name__)
 POLL_S = 0.5
 #: Extra seconds past ``unit_timeout_s`` before the runner asks an update to stop.
 TIMEOUT_GRACE_S = 30.0
+#: Units in flight at most, as a multiple of ``max_parallel`` (SSH sessions), per worker kind. A
+#: unit spends about as long in its health gate (~3 s ``updating`` after a restart, docs/unit-api.md)
+#: as in its SSH work at K = 20 (benchmarks/rollout_vs_scp.py), so 2 × K keeps K sessions busy;
+#: threads are cheap, so they get more room for slow gates. Worker processes cost memory.
+IN_FLIGHT_FACTOR = {"threads": 3, "processes": 2}
 
 Progress = Callable[[float, str], None]
 
@@ -105,6 +115,7 @@ class _InFlight:
     group_id: int
     started: float
     cancel: Any  # threading.Event, or a multiprocessing.Manager Event for worker processes
+    busy: Any  # the same kind of Event: set while the unit needs SSH (rollout_workers.note_ssh_phase)
 
 
 class RolloutRunner:
@@ -130,7 +141,8 @@ class RolloutRunner:
     update_unit, target_for
         The per-unit update and the target builder; default ``fleet.unit_update``'s.
     poll_s
-        Seconds between state reads while waiting.
+        Seconds between state reads while waiting (the runner also wakes when a unit finishes or
+        gives its SSH slot back).
     workers
         ``"threads"`` (default): units are updated by a thread pool in this process.
         ``"processes"``: by a pool of worker processes (each with its own database engine and
@@ -166,25 +178,23 @@ class RolloutRunner:
         self._me = runner_id()
         self._manager: Any = None
         self._spec: WorkerSpec | None = None
+        self._slots: Any = None  # the K session slots (a semaphore) of the rollout being run
+        self._wake: Any = None  # set when a unit finishes or reaches its health gate
+        self._http: Any = None  # the default health check's HTTP client
+        self._pass_slot = update_unit is None or accepts_keyword(update_unit, "ssh_slot")
         #: Units a killed runner left in flight: they finish even if the rollout is paused or
         #: cancelling (a unit may be half switched; update_unit converges it).
         self._interrupted: set[int] = set()
 
     def _make_pool(self, size: int, rollout_id: int) -> Executor:
         if self._workers == "threads":
-            return ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"rollout{rollout_id}")
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["fleet.rollout", "fleet.unit_update"])
-        self._manager = ctx.Manager()
-        bind = self._sf.kw["bind"]
-        settings = self._connector.settings.model_copy(update={"client_key_path": str(self._connector.key_path)})
-        if self._install_root is not None:
-            settings = settings.model_copy(update={"install_root": self._install_root})
-        with self._sf() as s:
-            urls = dict(s.execute(select(Unit.serial, Unit.agent_url)).all())
-        self._spec = WorkerSpec(bind.url.render_as_string(hide_password=False), settings.model_dump(),
-                                bool(self._connector.known_hosts.trust_on_first_use), urls)
-        return ProcessPoolExecutor(max_workers=size, mp_context=ctx)
+            self._slots, self._wake = threading.BoundedSemaphore(size), threading.Event()
+            return ThreadPoolExecutor(max_workers=size * IN_FLIGHT_FACTOR["threads"],
+                                      thread_name_prefix=f"rollout{rollout_id}")
+        pool, self._manager, self._spec = process_pool(self._sf, self._connector, self._install_root,
+                                                       size * IN_FLIGHT_FACTOR["processes"])
+        self._slots, self._wake = self._manager.BoundedSemaphore(size), self._manager.Event()
+        return pool
 
     # ------------------------------------------------------------------ helpers
     def _target(self, unit: Unit) -> Any:
@@ -197,11 +207,15 @@ class RolloutRunner:
         return unit_update.target_for_unit(unit, settings)
 
     def _default_health_check(self) -> Callable[[str, str, str], bool]:
+        import httpx
+
         from fleet import unit_update
 
         with self._sf() as s:
             urls = dict(s.execute(select(Unit.serial, Unit.agent_url)).all())
-        return unit_update.default_health_check(lambda serial: urls[serial])
+        # one client shared by the pool (closed by run()): no client set-up per poll
+        self._http = httpx.Client()
+        return unit_update.default_health_check(lambda serial: urls[serial], client=self._http)
 
     # ------------------------------------------------------------------ lease
     def _claim(self, rollout_id: int) -> None:
@@ -247,15 +261,16 @@ class RolloutRunner:
                                    + (" (retry its failed units with `speakerops rollout retry`)"
                                       if r.state == "failed" else ""))
             plan = RolloutPlan.model_validate(r.plan)
-        health = (self._health_check or self._default_health_check()) if self._workers == "threads" else None
         with self._sf() as s:
             bundle_dir = self._bundle_dir_for(s, plan.kind, plan.version)
         self._claim(rollout_id)
         results: dict[str, str] = {}
-        pool = self._make_pool(plan.max_parallel, rollout_id)
+        pool: Executor | None = None
         flights: dict[Future[Any], _InFlight] = {}
         reason = "stopped"
         try:
+            health = (self._health_check or self._default_health_check()) if self._workers == "threads" else None
+            pool = self._make_pool(plan.max_parallel, rollout_id)
             reason = self._loop(rollout_id, plan, bundle_dir, health, pool, flights, results, cancelled,
                                 progress, wait_while_paused)
         finally:
@@ -263,10 +278,15 @@ class RolloutRunner:
                 for f in flights.values():
                     f.cancel.set()
                 self._drain(rollout_id, plan, flights, results, block=True)
-            pool.shutdown(wait=True)
+            if pool is not None:
+                pool.shutdown(wait=True)
+            self._slots = self._wake = None
             if self._manager is not None:
                 self._manager.shutdown()
                 self._manager = None
+            if self._http is not None:
+                self._http.close()
+                self._http = None
             self._release(rollout_id)
         with self._sf() as s:
             r = get_rollout(s, rollout_id)
@@ -332,7 +352,11 @@ class RolloutRunner:
             self._wait(flights)
 
     def _wait(self, flights: dict[Future[Any], _InFlight]) -> None:
-        if flights:
+        """Until a unit finishes or gives its SSH slot back, or ``poll_s`` passed."""
+        if flights and self._wake is not None:
+            self._wake.wait(self._poll_s)
+            self._wake.clear()  # the caller looks at every flight next, so a wake-up is not lost
+        elif flights:
             wait(list(flights), timeout=self._poll_s, return_when=FIRST_COMPLETED)
         else:
             time.sleep(self._poll_s)
@@ -397,9 +421,10 @@ class RolloutRunner:
                 .join(Unit, Unit.serial == RolloutUnit.serial, isouter=True)
                 .where(RolloutUnit.group_id == group_id, RolloutUnit.state.in_(("pending", "waiting_window")))
                 .order_by(RolloutUnit.position)).all()
+        cap = plan.max_parallel * IN_FLIGHT_FACTOR[self._workers]
         for row_id, serial, state, tz in candidates:
-            if len(flights) >= plan.max_parallel:
-                break
+            if len(flights) >= cap or sum(1 for f in flights.values() if f.busy.is_set()) >= plan.max_parallel:
+                break  # K units busy with SSH (or waiting for it), or the pool is full
             now = self._clock()
             if only is None and state == "waiting_window" and tz is not None and plan.window is not None \
                     and not plan.window.is_open(now, tz):
@@ -448,13 +473,17 @@ class RolloutRunner:
             limiter.started(now)
             self._interrupted.discard(row_id)
             if self._workers == "processes":
-                cancel = self._manager.Event()
+                cancel, busy = self._manager.Event(), self._manager.Event()
+                busy.set()
                 fut = pool.submit(process_update, self._spec, row_id, target, plan.kind, plan.version, bundle_dir,
-                                  plan.health_timeout_s, plan.unit_timeout_s, cancel)
+                                  plan.health_timeout_s, plan.unit_timeout_s, cancel, self._slots, busy, self._wake)
             else:
-                cancel = threading.Event()
-                fut = pool.submit(self._update_one, row_id, target, plan, bundle_dir, health, cancel)
-            flights[fut] = _InFlight(row_id, serial, group_id, time.monotonic(), cancel)
+                cancel, busy = threading.Event(), threading.Event()
+                busy.set()
+                fut = pool.submit(self._update_one, row_id, target, plan, bundle_dir, health, cancel, busy)
+            wake = self._wake
+            fut.add_done_callback(lambda _f: wake.set())
+            flights[fut] = _InFlight(row_id, serial, group_id, time.monotonic(), cancel, busy)
             started += 1
         if held_until is not None:
             return f"rate limit: next unit at {held_until:%H:%M:%S} UTC"
@@ -463,22 +492,25 @@ class RolloutRunner:
         return f"{_units(len(flights))} in progress" if started or flights else ""
 
     def _update_one(self, row_id: int, target: Any, plan: RolloutPlan, bundle_dir: Path, health: Any,
-                    cancel: threading.Event) -> Any:
+                    cancel: threading.Event, busy: threading.Event) -> Any:
         last: list[str] = ["connect"]
 
         def on_step(step: Any, detail: Any = None) -> None:
             if str(step) == last[0]:  # upload progress repeats the step: write step changes only
                 return
             last[0] = str(step)
+            if self._pass_slot:  # an update_unit that takes no slot keeps its session through the gate
+                note_ssh_phase(step, busy, self._wake)
             with self._sf.begin() as s:
                 u = s.get(RolloutUnit, row_id)
                 if u is not None:
                     u.step_reached, u.updated_at = str(step), self._clock()
 
+        extra = {"ssh_slot": self._slots} if self._pass_slot else {}
         return self._update_unit(self._connector, self._sf, target, plan.kind, plan.version, bundle_dir,
                                  health_check=health, health_timeout_s=plan.health_timeout_s,
                                  timeout_s=plan.unit_timeout_s, on_step=on_step, cancelled=cancel.is_set,
-                                 clock=self._clock)
+                                 clock=self._clock, **extra)
 
     # ------------------------------------------------------------------ results
     def _drain(self, rollout_id: int, plan: RolloutPlan, flights: dict[Future[Any], _InFlight],

@@ -1,5 +1,6 @@
-"""Helpers of :mod:`fleet.rollout`: the runner's lease (which process runs a rollout) and the worker
-processes of ``RolloutRunner(workers="processes")``.
+"""Helpers of :mod:`fleet.rollout`: the runner's lease (which process runs a rollout), the count of
+units that need SSH (:func:`note_ssh_phase`) and the worker processes of
+``RolloutRunner(workers="processes")``.
 
 A rollout is held by one runner at a time (``rollouts.runner`` = ``host:pid``, renewed in
 ``runner_seen_at``). A lease of a dead process on this host, or one not renewed for
@@ -10,8 +11,11 @@ A rollout is held by one runner at a time (``rollouts.runner`` = ``host:pid``, r
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import socket
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from fleet.models import Unit
 from fleet.rollout_control import RolloutError, get_rollout
 from fleet.rollout_models import Rollout, RolloutUnit
 from speakerops import audit
@@ -64,6 +69,22 @@ def lease_is_live(rollout: Rollout, now: datetime, me: str) -> bool:
 
 class RolloutBusy(RolloutError):
     """Another live process runs this rollout."""
+
+
+def note_ssh_phase(step: Any, busy: Any, wake: Any = None) -> None:
+    """Keep a unit's ``busy`` flag (an Event, or a manager's proxy of one) for the runner's count of
+    units that need SSH: set from the start, cleared when the unit reaches its health gate (it
+    holds no session then, ``fleet.unit_update``), set again for a rollback. The runner starts
+    another unit only while fewer than K units are busy; ``wake`` tells it at once. A unit that
+    fails before its gate stays busy until its result is recorded (so the error threshold is
+    applied before the next unit starts)."""
+    name = str(step)
+    if name == "health_gate" and busy.is_set():
+        busy.clear()
+        if wake is not None:
+            wake.set()
+    elif name == "rollback":
+        busy.set()
 
 
 def claim_lease(sf: sessionmaker[Session], rollout_id: int, me: str, clock: Clock) -> set[int]:
@@ -128,6 +149,8 @@ def _worker_parts(spec: WorkerSpec) -> tuple[Any, Any, Any]:
     """Session factory, SSH connector and health check of this worker process (built once)."""
     parts = next((p for s, p in _WORKER_PARTS if s == spec), None)
     if parts is None:
+        import httpx
+
         from fleet import unit_update
         from fleet.settings import SshSettings
         from fleet.ssh import SshConnector
@@ -135,15 +158,18 @@ def _worker_parts(spec: WorkerSpec) -> tuple[Any, Any, Any]:
 
         sf = make_session_factory(make_engine(spec.db_url))
         connector = SshConnector(sf, SshSettings(**spec.ssh_settings), trust_on_first_use=spec.trust_on_first_use)
-        health = unit_update.default_health_check(spec.agent_urls.__getitem__)
+        # one client for the life of the worker: no TLS context and connection set-up per poll
+        health = unit_update.default_health_check(spec.agent_urls.__getitem__, client=httpx.Client())
         parts = (sf, connector, health)
         _WORKER_PARTS[:] = [(spec, parts)]
     return parts
 
 
 def process_update(spec: WorkerSpec, row_id: int, target: Any, kind: str, version: str, bundle_dir: Path,
-                    health_timeout_s: float, timeout_s: float, cancel: Any) -> Any:
-    """One unit's update in a worker process; steps are committed as in the thread runner."""
+                   health_timeout_s: float, timeout_s: float, cancel: Any, ssh_slot: Any = None,
+                   busy: Any = None, wake: Any = None) -> Any:
+    """One unit's update in a worker process; steps are committed as in the thread runner.
+    ``ssh_slot``, ``busy``, ``wake``: the runner's session semaphore and events (manager proxies)."""
     from fleet import unit_update
 
     sf, connector, health = _worker_parts(spec)
@@ -153,6 +179,8 @@ def process_update(spec: WorkerSpec, row_id: int, target: Any, kind: str, versio
         if str(step) == last[0]:
             return
         last[0] = str(step)
+        if busy is not None:
+            note_ssh_phase(step, busy, wake)
         with sf.begin() as s:
             u = s.get(RolloutUnit, row_id)
             if u is not None:
@@ -160,7 +188,37 @@ def process_update(spec: WorkerSpec, row_id: int, target: Any, kind: str, versio
 
     return unit_update.update_unit(connector, sf, target, kind, version, bundle_dir, health_check=health,
                                    health_timeout_s=health_timeout_s, timeout_s=timeout_s, on_step=on_step,
-                                   cancelled=cancel.is_set)
+                                   cancelled=cancel.is_set, ssh_slot=ssh_slot)
+
+
+def process_pool(sf: sessionmaker[Session], connector: Any, install_root: str | None,
+                 workers: int) -> tuple[ProcessPoolExecutor, Any, WorkerSpec]:
+    """A forkserver pool of ``workers`` processes for :func:`process_update`, a started
+    multiprocessing manager (for events and the session semaphore) and the spec the workers
+    rebuild the runner's parts from (database URL, SSH settings with the client key, agent URLs)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["fleet.rollout", "fleet.unit_update"])
+    manager = ctx.Manager()
+    settings = connector.settings.model_copy(update={"client_key_path": str(connector.key_path)})
+    if install_root is not None:
+        settings = settings.model_copy(update={"install_root": install_root})
+    with sf() as s:
+        urls = dict(s.execute(select(Unit.serial, Unit.agent_url)).all())
+    spec = WorkerSpec(sf.kw["bind"].url.render_as_string(hide_password=False), settings.model_dump(),
+                      bool(connector.known_hosts.trust_on_first_use), urls)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx), manager, spec
+
+
+def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """True if ``fn`` takes the keyword ``name`` (or ``**kwargs``): a custom ``update_unit`` that
+    does not know ``ssh_slot`` keeps its SSH slot for the whole unit."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def registry_bundle_dir(session: Session, kind: str, version: str) -> Path:

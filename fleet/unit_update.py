@@ -6,7 +6,18 @@
     <version>/, resumable) → verify (unit-side bin/verify-bundle: SHA-256 of every file and the
     Ed25519 signature) → switch (move into models/<kind>/<version>/, ``previous`` → old current,
     ``current`` → new, each ``ln -sfn`` + ``mv -T``) → restart (bin/restart-voice-service) →
-    health_gate (the agent reports the new version and a healthy state) → done
+    [SSH session closed] → health_gate (the agent reports the new version and a healthy state,
+    over HTTP) → done (a new session removes the journal)
+
+Each phase is one unit-side script (:mod:`fleet.unit_scripts`): ``prepare`` (paths confined to
+the root, links, journal, staged sizes, df) right after connect; the SFTP upload; ``install``
+(verify + move + journal + switch); ``restart``. A file already staged with its full size is not
+sent again; the SHA-256 of every file is checked once, by ``verify-bundle`` on the unit (a
+corrupt staged copy is refused and deleted, and the next attempt sends it again).
+
+The SSH session (and the caller's ``ssh_slot``, see :func:`update_unit`) is given up before the
+health gate, which only polls the unit's agent, so a runner with K slots keeps K sessions busy
+while more units sit in their gates. A rollback or the clean-up after the gate opens a new one.
 
 Any failure after the switch rolls the unit back (``current`` and ``previous`` restored, service
 restarted) and the result says ``rolled_back=True`` with the reason.
@@ -31,7 +42,8 @@ import logging
 import posixpath
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -40,10 +52,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet.errors import FleetError, UnitUpdateError
+from fleet import unit_scripts as scripts
+from fleet.errors import FleetError, RemoteCommandError, UnitUnreachable, UnitUpdateError
 from fleet.models import Unit
 from fleet.settings import SshSettings
 from fleet.ssh import SshConnector, UnitSession, UnitTarget
+from fleet.unit_health import default_health_check  # noqa: F401 - part of this module's API
 from speakerops.timeutil import Clock, utc_now
 
 __all__ = [
@@ -55,8 +69,9 @@ logger = logging.getLogger(__name__)
 
 #: Free space kept beyond the bundle's two copies (staging + installed), bytes.
 SPACE_MARGIN_BYTES = 16 << 20
-#: Seconds between health checks during the health gate.
-HEALTH_POLL_S = 0.5
+#: Seconds between health checks during the health gate (SpeakerOps' choice: a unit is ready
+#: at most this long before the gate sees it; four small HTTP requests a second per unit).
+HEALTH_POLL_S = 0.25
 #: Seconds a rollback may take (its own budget: it also runs after a unit timed out).
 ROLLBACK_TIMEOUT_S = 120.0
 
@@ -136,12 +151,10 @@ def target_for_unit(unit: Unit, settings: SshSettings | None = None) -> UnitTarg
 
 # -- remote layout helpers -------------------------------------------------------------------------
 class _Remote:
-    """Paths and small operations on one unit's install root for one kind."""
+    """Read-only SFTP look at one unit's install root for one kind (:func:`inspect_unit`)."""
 
     def __init__(self, s: UnitSession, kind: str) -> None:
         self.s = s
-        self.kind = kind
-        self.root = s.root
         self.models = s.resolve(f"models/{kind}")
         self.staging_kind = s.resolve(f"staging/{kind}")
         self.journal_path = s.resolve(f"run/update-{kind}.json")
@@ -151,13 +164,6 @@ class _Remote:
             return posixpath.basename(self.s.sftp.readlink(posixpath.join(self.models, name)).rstrip("/"))
         except OSError:
             return None
-
-    def exists(self, path: str) -> bool:
-        try:
-            self.s.sftp.stat(path)
-            return True
-        except OSError:
-            return False
 
     def read_journal(self) -> dict[str, Any] | None:
         try:
@@ -169,28 +175,6 @@ class _Remote:
         except ValueError:
             logger.warning("%s: unreadable update journal %s, ignored", self.s.target.serial, self.journal_path)
             return None
-
-    def write_journal(self, journal: dict[str, Any]) -> None:
-        self.s.run(f"mkdir -p -- {shlex.quote(posixpath.dirname(self.journal_path))}", check=True)
-        tmp = self.journal_path + ".tmp"
-        with self.s.sftp.open(tmp, "wb") as f:
-            f.write(json.dumps(journal, sort_keys=True).encode("utf-8"))
-        self.s.sftp.posix_rename(tmp, self.journal_path)
-
-    def remove_journal(self) -> None:
-        self.s.run(f"rm -f -- {shlex.quote(self.journal_path)}")
-
-    def set_links(self, current: str, previous: str | None, timeout_s: float) -> None:
-        """``previous`` then ``current``, each atomically (``ln -sfn`` to ``.tmp`` + ``mv -T``)."""
-        q = shlex.quote
-        cmds = [f"cd {q(self.models)}"]
-        if previous:
-            cmds.append(f"ln -sfn {q(previous)} previous.tmp && mv -T previous.tmp previous")
-        cmds.append(f"ln -sfn {q(current)} current.tmp && mv -T current.tmp current")
-        self.s.run(" && ".join(cmds), timeout_s, check=True)
-
-    def restart(self, timeout_s: float) -> None:
-        self.s.run(shlex.quote(posixpath.join(self.root, "bin", "restart-voice-service")), timeout_s, check=True)
 
 
 class _Deadline:
@@ -229,7 +213,8 @@ def update_unit(connector: SshConnector, session_factory: sessionmaker[Session] 
                 on_step: Callable[[Step, dict], None] = lambda s, d: None,
                 cancelled: Callable[[], bool] = lambda: False, clock: Clock = utc_now,
                 space_margin_bytes: int = SPACE_MARGIN_BYTES,
-                rollback_timeout_s: float = ROLLBACK_TIMEOUT_S) -> UnitUpdateResult:
+                rollback_timeout_s: float = ROLLBACK_TIMEOUT_S,
+                ssh_slot: Any = None) -> UnitUpdateResult:
     """Install ``kind``/``version`` from the signed bundle ``bundle_dir`` on one unit.
 
     Parameters
@@ -245,19 +230,27 @@ def update_unit(connector: SshConnector, session_factory: sessionmaker[Session] 
         copy, :attr:`fleet.models.ModelVersion.source_path`).
     health_check
         ``(serial, kind, version) -> bool``, one check, True when the unit reports ``version`` and
-        a healthy state (:func:`default_health_check`); polled every 0.5 s for up to
-        ``health_timeout_s``.
+        a healthy state (:func:`default_health_check`); polled every :data:`HEALTH_POLL_S` for up
+        to ``health_timeout_s``. The gate runs with no SSH session open.
     timeout_s
         Budget for the whole unit, seconds; past it the unit fails (and rolls back if switched).
     on_step
         ``(step, detail)`` at the start of every step, and during the upload with
-        ``{"bytes_sent", "bytes_total", "file"}``. Exceptions from it are logged and ignored.
+        ``{"bytes_sent", "bytes_total", "file"}``. ``switch`` is reported once the unit-side
+        verification (which runs in one script with the switch) accepted the bundle. Exceptions
+        from it are logged and ignored.
     cancelled
-        Checked before each step up to the switch; after the switch the unit finishes or rolls back.
+        Checked before connecting, before each file of the upload and before the
+        verify-and-switch script; after the switch the unit finishes or rolls back.
     space_margin_bytes
         Free space needed beyond two copies of the bundle.
     rollback_timeout_s
-        Separate budget for a rollback.
+        Separate budget for a rollback (and for the clean-up after a passed health gate).
+    ssh_slot
+        Held while an SSH session to the unit is open: an object with ``acquire(timeout=s) ->
+        bool`` and ``release()`` (a ``threading.BoundedSemaphore``, or a manager's proxy of one,
+        shared by all units of a rollout: at most K sessions). Released before the health gate
+        and taken again for the clean-up or a rollback. None: no limit.
 
     Returns
     -------
@@ -269,7 +262,7 @@ def update_unit(connector: SshConnector, session_factory: sessionmaker[Session] 
     res = UnitUpdateResult(target.serial, False, Step.CONNECT, 0, None, False, None, version, started, started)
     deadline = _Deadline(timeout_s)
     run = _UpdateRun(connector, target, kind, version, Path(bundle_dir), health_check, health_timeout_s,
-                     on_step, cancelled, deadline, space_margin_bytes, rollback_timeout_s, res)
+                     on_step, cancelled, deadline, space_margin_bytes, rollback_timeout_s, res, ssh_slot)
     try:
         run.execute()
         res.ok, res.step_reached, res.error = True, Step.DONE, None
@@ -299,7 +292,10 @@ class _UpdateRun:
     margin: int
     rollback_timeout_s: float
     res: UnitUpdateResult
+    ssh_slot: Any = None
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    _holding: bool = False
 
     def step(self, step: Step, **detail: Any) -> None:
         self.res.step_reached = step
@@ -308,6 +304,31 @@ class _UpdateRun:
     def check_cancel(self) -> None:
         if self.cancelled():
             raise _Cancelled(f"cancelled before {self.res.step_reached}; the unit was not changed")
+
+    @contextmanager
+    def session(self, budget: _Deadline | None = None) -> Iterator[UnitSession]:
+        """Take an SSH slot (unless this run holds one), connect; on exit close and give it back.
+
+        ``budget`` None: the unit's deadline, and a cancel request is honoured while waiting for
+        a slot; else that budget (clean-up, rollback), not cancellable.
+        """
+        deadline = budget or self.deadline
+        take = self.ssh_slot is not None and not self._holding
+        if take:
+            while not self.ssh_slot.acquire(timeout=deadline.left(0.5)):
+                if budget is None:
+                    self.check_cancel()
+            self._holding = True
+        try:
+            with self.connector.connect(self.target, deadline.left(self.connector.settings.connect_timeout_s)) as s:
+                yield s
+        finally:
+            if take:
+                self._holding = False
+                self.ssh_slot.release()
+
+    def cmd_timeout(self, s: UnitSession) -> float:
+        return self.deadline.left(s.settings.command_timeout_s)
 
     def execute(self) -> None:
         from inference_core.bundles import load_bundle
@@ -321,90 +342,67 @@ class _UpdateRun:
             raise UnitUpdateError(f"{self.bundle_dir} holds {bundle.kind}/{bundle.version}, not "
                                   f"{self.kind}/{self.version}")
         self.files = dict(bundle.manifest["files"])
+        names = [*self.files, "manifest.json", "manifest.sig"]
+        self.names = [n for n in names if n in self.files or (self.bundle_dir / n).is_file()]
         self.check_cancel()
         self.step(Step.CONNECT)
-        with self.connector.connect(self.target, self.deadline.left(self.connector.settings.connect_timeout_s)) as s:
-            self.s = s
-            r = self.remote = _Remote(s, self.kind)
-            journal = r.read_journal()
+        with self.session() as s:
+            view = self.prepare(s)
+            journal = view.journal
             if journal and journal.get("phase") == "rolling_back":
-                self.finish_rollback(journal, "an earlier rollback was interrupted")
+                self.finish_rollback(s, view, journal, "an earlier rollback was interrupted")
+                view = self.prepare(s)
                 journal = None
             elif journal and journal.get("version") != self.version:
                 logger.warning("%s: dropping the journal of an interrupted update to %s", self.target.serial,
                                journal.get("version"))
-                r.remove_journal()
+                s.run_script(f"rm -f -- {shlex.quote(view.journal_path)}", self.cmd_timeout(s))
                 journal = None
-            current, previous = r.link("current"), r.link("previous")
             if journal is not None:  # our own update was interrupted after the switch began
                 self.res.previous_version = journal.get("from_current")
-                self.after_verify(journal)
-                return
-            self.res.previous_version = current
-            if current == self.version:
-                self.res.previous_version = previous
-                self.step(Step.HEALTH_GATE, already_current=True)
-                self.health_gate(rollback_on_failure=False)
-                return
-            installed = posixpath.join(r.models, self.version)
-            if r.exists(posixpath.join(installed, "manifest.json")):
-                source = installed  # installed earlier (e.g. the version before): verify it again
+                journal = self.switch_and_restart(s, view, journal)
+            elif view.current == self.version:
+                self.res.previous_version = view.previous
             else:
-                source = self.stage()
-            self.step(Step.VERIFY, dir=source)
-            self.check_cancel()
-            res = s.run(f"{shlex.quote(posixpath.join(r.root, 'bin', 'verify-bundle'))} {shlex.quote(source)}",
-                        self.deadline.left(s.settings.command_timeout_s))
-            if res.status != 0:
-                s.run(f"rm -rf -- {shlex.quote(source)}")  # the next attempt uploads it again
-                raise UnitUpdateError(f"the unit refused the bundle: {res.stderr.strip() or res.stdout.strip()}")
-            self.step(Step.SWITCH)
-            self.check_cancel()
-            if source != installed:
-                s.run(f"mkdir -p -- {shlex.quote(r.models)} && rm -rf -- {shlex.quote(installed)} && "
-                      f"mv -T -- {shlex.quote(source)} {shlex.quote(installed)}",
-                      self.deadline.left(s.settings.command_timeout_s), check=True)
-            journal = {"kind": self.kind, "version": self.version, "from_current": current,
-                       "from_previous": previous, "phase": "switching"}
-            r.write_journal(journal)
-            self.after_verify(journal)
+                self.res.previous_version = view.current
+                source = posixpath.join(view.models, self.version) if view.installed else self.stage(s, view)
+                journal = self.install(s, view, source)
+                journal = self.switch_and_restart(s, view, journal)
+        if journal is None:  # already current, no journal: only the health check
+            self.step(Step.HEALTH_GATE, already_current=True)
+            self.health_gate(rollback_on_failure=False)
+            return
+        try:
+            self.step(Step.HEALTH_GATE)
+            self.health_gate(rollback_on_failure=True)
+        except Exception as exc:  # noqa: BLE001 - past the switch: any failure rolls back
+            self.fail_after_switch(exc, view, journal, None)
+        self.finish(view)
 
-    def stage(self) -> str:
+    def prepare(self, s: UnitSession) -> scripts.UnitView:
+        return scripts.prepare(s, self.kind, self.version, self.names, mkdirs=True, timeout_s=self.cmd_timeout(s))
+
+    def stage(self, s: UnitSession, view: scripts.UnitView) -> str:
         """check_space and upload; returns the staging directory."""
-        s, r = self.s, self.remote
-        staging = posixpath.join(r.staging_kind, self.version)
-        names = [*self.files, "manifest.json", "manifest.sig"]
-        names = [n for n in names if n in self.files or (self.bundle_dir / n).is_file()]
-        total = sum((self.bundle_dir / n).stat().st_size for n in names)
+        sizes = {n: (self.bundle_dir / n).stat().st_size for n in self.names}
+        total = sum(sizes.values())
         self.step(Step.CHECK_SPACE, bytes_total=total)
         self.check_cancel()
-        s.makedirs(posixpath.relpath(staging, r.root))
-        staged = 0
-        for n in names:
-            try:
-                staged += s.sftp.stat(posixpath.join(staging, n)).st_size or 0
-            except OSError:
-                pass
+        staged = sum(max(0, sz) for sz in view.staged_sizes)
         need = max(0, 2 * total - staged) + self.margin
-        out = s.run(f"df -Pk -- {shlex.quote(staging)} {shlex.quote(r.models)}",
-                    self.deadline.left(s.settings.command_timeout_s), check=True).stdout
-        for line in out.splitlines()[1:]:
-            cols = line.split()
-            if len(cols) >= 6 and cols[3].isdigit() and int(cols[3]) * 1024 < need:
-                raise UnitUpdateError(f"not enough free space on {cols[5]}: {int(cols[3]) / 1024:.1f} MiB free, "
+        for mount, avail in view.free:
+            if avail < need:
+                raise UnitUpdateError(f"not enough free space on {mount}: {avail / 2**20:.1f} MiB free, "
                                       f"{need / 2**20:.1f} MiB needed (bundle {total / 2**20:.1f} MiB × 2 + "
                                       f"margin); free space on the unit and retry")
         self.step(Step.UPLOAD, bytes_sent=0, bytes_total=total)
         done_before = 0
-        from inference_core.bundles import sha256_file
-
-        for n in names:
+        staging_rel = f"staging/{self.kind}/{self.version}"
+        for n, remote_size in zip(self.names, view.staged_sizes, strict=True):
             self.check_cancel()
             self.deadline.left()
-            local = self.bundle_dir / n
-            parent = posixpath.dirname(n)
-            if parent:
-                s.makedirs(posixpath.relpath(posixpath.join(staging, parent), r.root))
+            if remote_size == sizes[n]:
+                continue  # complete (by size); verify-bundle catches a corrupt one, which is then re-sent
 
             def progress(sent: int, _n: str = n, _base: int = done_before) -> None:
                 self.res.bytes_sent = _base + sent
@@ -412,39 +410,91 @@ class _UpdateRun:
                               {"bytes_sent": self.res.bytes_sent, "bytes_total": total, "file": _n})
                 self.deadline.left()  # a hung transfer fails the unit (raises out of the upload)
 
-            sha = self.files[n]["sha256"] if n in self.files else sha256_file(local)
-            done_before += s.upload(local, posixpath.relpath(posixpath.join(staging, n), r.root),
-                                    sha256=sha, progress=progress)
+            # the prepare script checked on the unit that these paths stay inside the root
+            done_before += s.upload(self.bundle_dir / n, posixpath.join(staging_rel, n), check="size",
+                                    remote_size=remote_size, follow=False, progress=progress)
             self.res.bytes_sent = done_before
-        return staging
+        return view.staging
 
-    def after_verify(self, journal: dict[str, Any]) -> None:
-        """switch → restart → health gate, from the journal's phase; roll back on failure."""
-        r = self.remote
+    def install(self, s: UnitSession, view: scripts.UnitView, source: str) -> dict[str, Any]:
+        """verify → move → journal → switch, one script; returns the journal (phase ``switched``)."""
+        journal = {"kind": self.kind, "version": self.version, "from_current": view.current,
+                   "from_previous": view.previous}
+        self.step(Step.VERIFY, dir=source)
+        self.check_cancel()
+        script = scripts.install_script(view, self.version, source,
+                                        posixpath.join(view.root, "bin", "verify-bundle"), journal)
+        try:
+            res = s.run_script(script, self.cmd_timeout(s), label=f"verify-bundle + switch {source}")
+        except (RemoteCommandError, UnitUnreachable) as exc:
+            self.after_uncertain_install(exc, journal)
+            raise
+        if "@verified" not in res.stdout:
+            if res.status == scripts.EXIT_REFUSED:
+                raise UnitUpdateError(f"the unit refused the bundle: {res.stderr.strip() or res.stdout.strip()}")
+            raise UnitUpdateError(f"verify-bundle could not run (exit {res.status}): "
+                                  f"{res.stderr.strip() or res.stdout.strip()}")
+        self.step(Step.SWITCH)
+        if "@journal" not in res.stdout:  # the links were not touched: the unit is unchanged
+            raise UnitUpdateError(f"moving the verified bundle into place failed (exit {res.status}): "
+                                  f"{res.stderr.strip()}")
+        if "@switched" not in res.stdout:
+            self.fail_after_switch(UnitUpdateError(f"switching the links failed (exit {res.status}): "
+                                                   f"{res.stderr.strip()}"), view, journal, s)
+        return {**journal, "phase": "switched"}
+
+    def after_uncertain_install(self, exc: Exception, journal: dict[str, Any]) -> None:
+        """The verify-and-switch script timed out or the connection dropped: if it got as far as
+        the journal, roll back (a new connection); else the unit is unchanged."""
+        try:
+            with self.session(_Deadline(self.rollback_timeout_s)) as s2:
+                view2 = scripts.prepare(s2, self.kind, self.version, [], mkdirs=False, timeout_s=self.rollback_timeout_s)
+                found = view2.journal
+                if found and found.get("version") == self.version and found.get("phase") != "rolling_back":
+                    self.fail_after_switch(exc, view2, found, s2)
+        except UnitUpdateError:
+            raise
+        except Exception as again:  # noqa: BLE001 - unreachable again: the next run converges from the journal
+            logger.warning("%s: cannot check the unit after %s: %s", self.target.serial, exc, again)
+
+    def switch_and_restart(self, s: UnitSession, view: scripts.UnitView, journal: dict[str, Any]) -> dict[str, Any]:
+        """From the journal's phase: (switch →) restart; roll back on failure. Returns the journal."""
         try:
             phase = journal.get("phase")
             if phase in ("switching", None):
                 self.step(Step.SWITCH)
-                r.set_links(self.version, journal.get("from_current"), self.deadline.left(60.0))
-                journal["phase"] = "switched"
-                r.write_journal(journal)
-                phase = "switched"
+                res = s.run_script(scripts.switch_script(view, self.version, journal), self.deadline.left(60.0),
+                            label="switch", check=True)
+                if "@switched" not in res.stdout:
+                    raise UnitUpdateError(f"switching the links failed: {res.stderr.strip()}")
+                journal, phase = {**journal, "phase": "switched"}, "switched"
             if phase == "switched":
                 self.step(Step.RESTART)
-                r.restart(self.deadline.left(self.s.settings.command_timeout_s))
-                journal["phase"] = "restarted"
-                r.write_journal(journal)
-            self.step(Step.HEALTH_GATE)
-            self.health_gate(rollback_on_failure=True)
-            r.remove_journal()
-            self.s.run(f"rm -rf -- {shlex.quote(posixpath.join(r.staging_kind, self.version))}")
+                s.run_script(scripts.restart_script(view, journal), self.cmd_timeout(s), label="restart-voice-service",
+                      check=True)
+                journal = {**journal, "phase": "restarted"}
         except Exception as exc:  # noqa: BLE001 - past the switch: any failure rolls back
-            failed_at = self.res.step_reached
-            reason = f"{failed_at} failed: {exc}"
-            self.res.error = reason
-            self.rollback(journal, reason)
-            self.res.step_reached = failed_at
-            raise UnitUpdateError(f"rolled back to {journal.get('from_current')}") from exc
+            self.fail_after_switch(exc, view, journal, s)
+        return journal
+
+    def finish(self, view: scripts.UnitView) -> None:
+        """After the gate: remove the journal and the staging directory (a new session; over SFTP,
+        which starts no shell on the unit)."""
+        try:
+            with self.session(_Deadline(self.rollback_timeout_s)) as s:
+                try:
+                    s.sftp.remove(view.journal_path)
+                except FileNotFoundError:
+                    pass
+                try:
+                    s.sftp.stat(view.staging)  # normally moved away by the install script
+                    s.run_script(scripts.finish_script(view), s.settings.command_timeout_s, label="clean up",
+                                 check=True)
+                except FileNotFoundError:
+                    pass
+        except Exception as exc:  # noqa: BLE001 - the unit runs the new version and passed its gate
+            logger.warning("%s: %s %s passed its health gate but the journal could not be removed (%s); "
+                           "the next update of the unit drops it", self.target.serial, self.kind, self.version, exc)
 
     def health_gate(self, rollback_on_failure: bool) -> None:
         budget = self.deadline.left(self.health_timeout_s)
@@ -459,35 +509,41 @@ class _UpdateRun:
                 what = "did not report" if rollback_on_failure else "already runs but does not report"
                 raise UnitUpdateError(f"the unit {what} {self.kind} {self.version} with a healthy state "
                                       f"within {budget:.0f} s (health gate)")
-            time.sleep(HEALTH_POLL_S)
+            time.sleep(min(HEALTH_POLL_S, max(0.0, end - time.monotonic())))
 
-    def rollback(self, journal: dict[str, Any], reason: str) -> None:
+    def fail_after_switch(self, exc: BaseException, view: scripts.UnitView, journal: dict[str, Any],
+                          s: UnitSession | None) -> None:
+        """Roll back and raise: the unit failed at the current step after its links may have changed."""
+        failed_at = self.res.step_reached
+        reason = f"{failed_at} failed: {exc}"
+        self.res.error = reason
+        self.rollback(view, journal, reason, s)
+        self.res.step_reached = failed_at
+        raise UnitUpdateError(f"rolled back to {journal.get('from_current')}") from exc
+
+    def rollback(self, view: scripts.UnitView, journal: dict[str, Any], reason: str, s: UnitSession | None) -> None:
         self.step(Step.ROLLBACK, reason=reason)
         try:
-            try:
-                self.finish_rollback(journal, reason)
-            except Exception as first:  # noqa: BLE001 - e.g. the connection dropped: reconnect once
-                logger.warning("%s: rollback over the old connection failed (%s); reconnecting",
-                               self.target.serial, first)
-                with self.connector.connect(self.target) as s2:
-                    self.s, self.remote = s2, _Remote(s2, self.kind)
-                    self.finish_rollback(journal, reason)
+            if s is not None:
+                try:
+                    self.finish_rollback(s, view, journal, reason)
+                    self.res.rolled_back = True
+                    return
+                except Exception as first:  # noqa: BLE001 - e.g. the connection dropped: reconnect once
+                    logger.warning("%s: rollback over the old connection failed (%s); reconnecting",
+                                   self.target.serial, first)
+            with self.session(_Deadline(self.rollback_timeout_s)) as s2:
+                self.finish_rollback(s2, view, journal, reason)
         except Exception as exc:  # noqa: BLE001
             self.res.error = f"{reason}; ROLLBACK FAILED: {exc} (the next run finishes it)"
             self.res.step_reached = Step.ROLLBACK
             raise
         self.res.rolled_back = True
 
-    def finish_rollback(self, journal: dict[str, Any], reason: str) -> None:
-        r = self.remote
-        journal = {**journal, "phase": "rolling_back", "reason": reason}
-        r.write_journal(journal)
-        old = journal.get("from_current")
-        if old:
-            r.set_links(old, journal.get("from_previous"), ROLLBACK_TIMEOUT_S)
-            r.restart(self.rollback_timeout_s)
-        r.remove_journal()
-        logger.warning("%s: rolled back %s to %s (%s)", self.target.serial, self.kind, old, reason)
+    def finish_rollback(self, s: UnitSession, view: scripts.UnitView, journal: dict[str, Any], reason: str) -> None:
+        scripts.run_rollback(s, view, journal, reason, self.rollback_timeout_s)
+        logger.warning("%s: rolled back %s to %s (%s)", self.target.serial, self.kind, journal.get("from_current"),
+                       reason)
 
 
 # -- inspection and manual rollback ----------------------------------------------------------------
@@ -531,9 +587,8 @@ def rollback_unit(connector: SshConnector, session_factory: sessionmaker[Session
     res = UnitUpdateResult(target.serial, False, Step.ROLLBACK, 0, None, False, None, "", started, started)
     try:
         with connector.connect(target, timeout_s) as s:
-            r = _Remote(s, kind)
-            journal = r.read_journal()
-            current, previous = r.link("current"), r.link("previous")
+            view = scripts.prepare(s, kind, None, [], mkdirs=False, timeout_s=timeout_s)
+            journal, current, previous = view.journal, view.current, view.previous
             res.previous_version = current
             if journal and journal.get("from_current"):
                 back_to, keep_previous = journal["from_current"], journal.get("from_previous")
@@ -542,11 +597,8 @@ def rollback_unit(connector: SshConnector, session_factory: sessionmaker[Session
             else:
                 raise UnitUpdateError(f"{target.serial} has no previous {kind} version to roll back to "
                                       f"(current {current}, previous {previous})")
-            r.write_journal({"kind": kind, "version": current, "from_current": back_to,
-                             "from_previous": keep_previous, "phase": "rolling_back", "reason": reason})
-            r.set_links(back_to, keep_previous, timeout_s)
-            r.restart(timeout_s)
-            r.remove_journal()
+            scripts.run_rollback(s, view, {"kind": kind, "version": current, "from_current": back_to,
+                                    "from_previous": keep_previous}, reason, timeout_s)
             res.new_version, res.ok, res.rolled_back = back_to, True, True
             logger.warning("%s: %s rolled back from %s to %s (%s)", target.serial, kind, current, back_to, reason)
     except Exception as exc:  # noqa: BLE001 - a result, never an exception
@@ -555,47 +607,3 @@ def rollback_unit(connector: SshConnector, session_factory: sessionmaker[Session
         res.error = str(exc)
     res.finished_at = clock()
     return res
-
-
-def default_health_check(agent_url_for: Callable[[str], str], *, request_timeout_s: float = 3.0,
-                         healthy_states: tuple[str, ...] = ("ok", "degraded"),
-                         client: Any = None) -> Callable[[str, str, str], bool]:
-    """A health check that asks the unit agent once: ``GET <agent_url>/v1/health`` (docs/unit-api.md).
-
-    Healthy means ``models[kind] == version`` and ``state`` in ``healthy_states`` (``updating``, the
-    first seconds after a restart, is not yet healthy; the gate polls again). Connection errors,
-    HTTP errors and malformed bodies count as unhealthy.
-
-    Parameters
-    ----------
-    agent_url_for
-        ``serial -> agent base URL`` (the inventory's ``agent_url``).
-    client
-        An ``httpx.Client`` to reuse; one is made per check otherwise.
-
-    Notes
-    -----
-    ``/v1/health`` counts requests since the previous answer, so a health-gate poll takes those
-    counts from the collector's next heartbeat for the few seconds of the gate.
-    """
-    import httpx
-
-    def check(serial: str, kind: str, version: str) -> bool:
-        url = agent_url_for(serial).rstrip("/") + "/v1/health"
-        try:
-            if client is not None:
-                resp = client.get(url, timeout=request_timeout_s)
-            else:
-                resp = httpx.get(url, timeout=request_timeout_s)
-            resp.raise_for_status()
-            body = resp.json()
-            ok = (body.get("models") or {}).get(kind) == version and body.get("state") in healthy_states
-            logger.debug("%s health: %s %s state=%s → %s", serial, kind, (body.get("models") or {}).get(kind),
-                         body.get("state"), ok)
-            return bool(ok)
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            logger.debug("%s health check failed: %s", serial, exc)
-            return False
-
-    return check
-

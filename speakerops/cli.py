@@ -428,13 +428,14 @@ def db_prune(ctx: typer.Context, as_json: JsonOut = False, db_url: DbUrl = None)
                          + "deleted: " + ", ".join(f"{n} {t}" for t, n in deleted.items()))
 
 
-from speakerops import cli_admin, cli_audit, cli_feedback, cli_rollout, cli_voice  # noqa: E402
+from speakerops import cli_admin, cli_audit, cli_feedback, cli_rollout, cli_voice, cli_workbench  # noqa: E402
 
 cli_voice.register(app)  # diagnose, evaluate, models build
 cli_rollout.register(app)  # models import|list|show|alias|evaluate, rollout … (issue #5)
 cli_feedback.register(app)  # feedback …, tickets …, trends, serve-feedback (issue #6)
 cli_audit.register(app)  # audit list|verify
 cli_admin.register(app)  # admin users add|remove|list, whoami (issue #8)
+cli_workbench.register(app)  # unit diagnose|selftest|restart|logs|pin|add-case (issue #7)
 
 
 def main() -> None:

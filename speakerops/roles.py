@@ -68,6 +68,9 @@ TABLE_PRIVILEGES: dict[str, dict[str, str]] = {
     "tickets": {"operator": "SELECT, INSERT, UPDATE", "technician": _WRITE, "product_owner": "SELECT"},
     "ticket_events": {"operator": "SELECT, INSERT", "technician": "SELECT, INSERT", "product_owner": "SELECT"},
     "ticket_attachments": {"operator": "SELECT", "technician": "SELECT, INSERT", "product_owner": "SELECT"},
+    # technician workbench (issue #7): technicians diagnose, everyone else reads
+    "unit_selftests": {"operator": "SELECT", "technician": _WRITE, "product_owner": "SELECT"},
+    "workbench_runs": {"operator": "SELECT", "technician": _WRITE, "product_owner": "SELECT"},
     # the audit trail: everyone appends and reads; nobody rewrites
     "audit_log": {"operator": "SELECT, INSERT", "technician": "SELECT, INSERT",
                   "product_owner": "SELECT, INSERT", "admin": "SELECT, INSERT"},

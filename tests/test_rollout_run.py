@@ -386,3 +386,52 @@ def test_worker_processes_and_the_voice_quality_gate_pause(lab):
     assert summary.state == "completed", summary
     lab.assert_consistent(rid)
     assert set(lab.agent_versions().values()) == {NEW}
+
+
+def test_parallel_limit_counts_ssh_sessions_not_units_in_their_gate(lab):
+    """K = 1: never two SSH sessions open at once, yet a unit in its health gate (which only polls
+    the agent) does not hold up the next unit."""
+    rid = lab.create(canary_units=0, waves_pct=[100], max_parallel=1, gate={"enabled": False})
+    open_now, peak, lock = [0], [0], threading.Lock()
+    real_connect = lab.connector.connect
+
+    def counting_connect(target, timeout_s=None):  # the real connector, sessions counted
+        session = real_connect(target, timeout_s)
+        with lock:
+            open_now[0] += 1
+            peak[0] = max(peak[0], open_now[0])
+        real_close = session.close
+
+        def close() -> None:
+            with lock:
+                open_now[0] -= 1
+            real_close()
+
+        session.close = close
+        return session
+
+    lab.connector.connect = counting_connect
+    overlaps: list[list[str]] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # units in flight at once, as the database says
+        while not stop.is_set():
+            with lab.rt.session_factory() as s:
+                steps = [u.step_reached for u in s.execute(select(RolloutUnit).where(
+                    RolloutUnit.rollout_id == rid, RolloutUnit.state == "in_progress")).scalars()]
+            if len(steps) > 1:
+                overlaps.append(steps)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        summary = lab.runner().run(rid)
+    finally:
+        stop.set()
+        watcher.join()
+    assert summary.state == "completed", summary
+    assert peak[0] == 1 and open_now[0] == 0
+    assert any("health_gate" in steps for steps in overlaps), overlaps
+    rows = lab.assert_consistent(rid)
+    assert all(r.state == "succeeded" and r.attempts == 1 for r in rows.values())

@@ -172,3 +172,35 @@ def test_unreachable_and_bad_key(runtime, sim, tmp_path):
         SshConnector(runtime.session_factory, SshSettings(client_key_path=str(tmp_path / "none")),
                      trust_on_first_use=True).connect(target)
     assert Path(tmp_path / "sim" / "client_key").exists()
+
+
+def test_scripts_share_one_shell_and_uploads_checked_by_size(runtime, sim, tmp_path):
+    conn = connector(runtime, tmp_path, trust_on_first_use=True)
+    unit = sim.ssh_units[0]
+    with conn.connect(target_of(sim)) as s:
+        assert s.client.get_transport().remote_cipher == "aes128-gcm@openssh.com"  # PREFERRED_CIPHERS
+        res = s.run_script("cd /\nx=1\necho out; printf 'no newline'\necho err >&2\nexit 4")
+        assert (res.status, res.stdout, res.stderr) == (4, "out\nno newline", "err\n")
+        res = s.run_script('pwd; echo "x=${x:-unset}"')  # cd and variables stayed in the subshell
+        assert res.status == 0 and res.stdout.endswith("x=unset\n") and res.stdout != "/\n"
+        shell_pid = s.run_script("echo $PPID").stdout  # the shell running the subshells
+        assert s.run_script("echo $PPID").stdout == shell_pid  # one shell per connection
+        with pytest.raises(RemoteCommandError, match="`nap` exited 3"):
+            s.run_script("exit 3", label="nap", check=True)
+        with pytest.raises(RemoteCommandError, match="did not finish within 0.5 s"):
+            s.run_script("sleep 30", 0.5)
+        assert s.run_script("echo again").stdout == "again\n"  # a new shell after the timeout
+
+        local = tmp_path / "blob.bin"
+        local.write_bytes(os.urandom(3 << 20))
+        remote = unit.root / "staging" / "sized.bin"
+        remote.write_bytes(local.read_bytes()[: 1 << 20])
+        sent = s.upload(local, "staging/sized.bin", check="size")  # resumed from the size, no sha256sum
+        assert sent == 2 << 20 and remote.read_bytes() == local.read_bytes()
+        assert s.upload(local, "staging/sized.bin", check="size", remote_size=3 << 20) == 0  # complete by size
+        empty = tmp_path / "empty"
+        empty.write_bytes(b"")
+        assert s.upload(empty, "staging/empty", check="size", remote_size=-1, follow=False) == 0
+        assert (unit.root / "staging" / "empty").is_file()  # absent, so created even though 0 bytes
+        with pytest.raises(RemotePathError):
+            s.upload(empty, "../outside", check="size", follow=False)  # still checked for '..'

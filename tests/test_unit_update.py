@@ -71,8 +71,9 @@ class Fleet:
     def update(self, i: int = 0, **kw):
         kw.setdefault("health_timeout_s", 15.0)
         kw.setdefault("timeout_s", 60.0)
+        kw.setdefault("health_check", self.health)
         return update_unit(self.connector, self.session_factory, self.target(i), "stt", NEW,
-                           kw.pop("bundle", self.bundle), health_check=self.health, **kw)
+                           kw.pop("bundle", self.bundle), **kw)
 
     def versions(self, i: int = 0) -> tuple[str | None, str]:
         """(current over SSH, stt version the agent's /v1/info reports)."""
@@ -298,3 +299,55 @@ def test_bad_unit_does_not_stop_the_others(fleet):
     results = [fleet.update(i) for i in (0, 1)]
     assert results[0].ok and not results[1].ok and results[1].step_reached == Step.CONNECT
     fleet.sim.ssh_units[1].clear()
+
+
+def _established_to(port: int) -> int:
+    """Open TCP connections to a local port right now (/proc/net/tcp, state 01 = ESTABLISHED)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        if cols[3] == "01" and int(cols[2].split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
+def test_health_gate_holds_no_ssh_session_and_no_slot(fleet):
+    unit = fleet.sim.ssh_units[0]
+    slot = threading.BoundedSemaphore(1)
+    during_gate: list[tuple[bool, int]] = []
+
+    def health(serial, kind, version):
+        free = slot.acquire(blocking=False)
+        if free:
+            slot.release()
+        during_gate.append((free, _established_to(unit.port)))
+        return fleet.health(serial, kind, version)
+
+    steps: list[Step] = []
+    res = fleet.update(health_check=health, ssh_slot=slot, on_step=lambda s, d: steps.append(s))
+    assert res.ok, res.error
+    assert during_gate and all(free for free, _ in during_gate), during_gate
+    conns = [c for _, c in during_gate]
+    assert 0 in conns and all(c == 0 for c in conns[conns.index(0):]), conns  # closed (paramiko closes
+    # the socket from its transport thread a moment later) and not reopened until the gate ended
+    assert steps[-2:] == [Step.HEALTH_GATE, Step.DONE]
+    assert slot.acquire(blocking=False)  # given back at the end
+    slot.release()
+    state = inspect_unit(fleet.connector, None, fleet.target(), "stt")
+    assert state.journal is None and state.current == NEW  # the clean-up after the gate ran
+
+    # a failing gate: the rollback takes a slot again (waits for it), then gives it back
+    back = rollback_unit(fleet.connector, None, fleet.target(), "stt", "test")
+    assert back.ok
+    unit.inject("unhealthy", version=NEW)
+    held = threading.Timer(1.0, slot.release)
+
+    def health_then_hold(serial, kind, version):
+        if held.ident is None and slot.acquire(blocking=False):
+            held.start()  # another unit holds the only slot for a second
+        return fleet.health(serial, kind, version)
+
+    res = fleet.update(health_check=health_then_hold, ssh_slot=slot, health_timeout_s=4.0)
+    assert not res.ok and res.rolled_back and res.step_reached == Step.HEALTH_GATE
+    assert fleet.versions()[0] == back.new_version
+    assert slot.acquire(blocking=False)

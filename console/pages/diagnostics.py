@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSplitter,
     QStackedWidget,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -88,7 +89,8 @@ class DiagnosticsPage(QWidget):
 
     def __init__(self, models_root: Path, executors: Executors, reporter: ErrorReporter, theme: Theme,
                  *, reports_dir: Path | None = None, options: LoopOptions | None = None,
-                 clock: Clock = utc_now, parent: QWidget | None = None) -> None:
+                 clock: Clock = utc_now, unit_panel: QWidget | None = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.models_root = Path(models_root)
         self._executors = executors
@@ -170,15 +172,28 @@ class DiagnosticsPage(QWidget):
         self.splitter.setChildrenCollapsible(False)
         self.splitter.setSizes([400, 1000])
 
+        files = QWidget()
+        files_layout = QVBoxLayout(files)
+        files_layout.setContentsMargins(0, 8, 0, 0)
+        files_layout.setSpacing(10)
+        files_layout.addLayout(tiles_row)
+        files_layout.addWidget(self.controls)
+        files_layout.addWidget(self.progress)
+        files_layout.addWidget(self.message_bar)
+        files_layout.addWidget(self.splitter, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(16, 12, 16, 10)
         layout.setSpacing(10)
         layout.addLayout(head)
-        layout.addLayout(tiles_row)
-        layout.addWidget(self.controls)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.message_bar)
-        layout.addWidget(self.splitter, 1)
+        #: The remote diagnosis of a unit (``console.pages.unit_diagnosis``), in a tab beside the files.
+        self.unit_panel = unit_panel
+        if unit_panel is None:
+            layout.addWidget(files, 1)
+        else:
+            self.tabs = QTabWidget()
+            self.tabs.addTab(unit_panel, "Unit over SSH")
+            self.tabs.addTab(files, "Recordings and test sets")
+            layout.addWidget(self.tabs, 1)
 
         self.player = AudioPlayer(self)
         self.player.sig_note.connect(self.result_panel.set_play_note)
@@ -261,6 +276,13 @@ class DiagnosticsPage(QWidget):
             tile.apply_theme(theme)
         self.result_panel.apply_theme(theme)
         self._rebuild_table()
+        if self.unit_panel is not None:
+            self.unit_panel.apply_theme(theme)
+
+    def apply_role(self, role: str | None) -> None:
+        """Forward to the unit panel (remote diagnosis and unit actions need a technician's role)."""
+        if self.unit_panel is not None:
+            self.unit_panel.apply_role(role)
 
     def shutdown(self) -> None:
         """Cancel jobs in flight, stop playback and remove the temporary files; idempotent."""
@@ -268,6 +290,8 @@ class DiagnosticsPage(QWidget):
             return
         self._closed = True
         self._pending = None
+        if self.unit_panel is not None:
+            self.unit_panel.shutdown()
         for job in (self._load_job, self._work_job):
             if job is not None and not job.is_done:
                 job.cancel()

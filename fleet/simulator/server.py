@@ -5,6 +5,9 @@ Routes (docs/unit-api.md for the unit ones):
 ``GET /units/<serial>/v1/info``, ``/v1/health``, ``/v1/metrics``
     The unit agent. Unknown serial: 404 ``{"error": ...}``. A unit that is offline (its
     behaviour says so, or the ``offline`` fault) drops the connection without answering.
+``POST /units/<serial>/v1/selftest``
+    The unit plays a reference phrase and answers what its microphone recorded
+    (``fleet.simulator.recordings.selftest_capture``: room noise, failing microphone).
 ``POST /sim/units/<serial>/fault``
     Body ``{"fault": F, "delay_s": 5.0}`` with F in :data:`FAULTS`; answers the unit's fault.
 ``GET /sim/units``
@@ -17,6 +20,7 @@ Routes (docs/unit-api.md for the unit ones):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import logging
@@ -171,6 +175,7 @@ class Simulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
+        self._selftest_runs: dict[str, int] = {}
 
     # ----------------------------------------------------------------- properties
     @property
@@ -355,6 +360,7 @@ class Simulator:
         app.router.add_get("/units/{serial}/v1/info", self._handle_info)
         app.router.add_get("/units/{serial}/v1/health", self._handle_health)
         app.router.add_get("/units/{serial}/v1/metrics", self._handle_metrics)
+        app.router.add_post("/units/{serial}/v1/selftest", self._handle_selftest)
         app.router.add_post("/sim/units/{serial}/fault", self._handle_fault)
         app.router.add_get("/sim/units", self._handle_list)
         return app
@@ -443,6 +449,36 @@ class Simulator:
         registry.register(_HealthCollector(body))  # type: ignore[arg-type]
         return web.Response(body=generate_latest(registry),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def _handle_selftest(self, request: web.Request) -> web.Response:
+        """``POST /v1/selftest``: play the reference phrase, record it (docs/unit-api.md)."""
+        from fleet.simulator.recordings import SELFTEST_PHRASE, selftest_capture, write_wav
+
+        unit, early = await self._prologue(request)
+        if unit is None:
+            return early  # type: ignore[return-value]
+        phrase = SELFTEST_PHRASE
+        if request.can_read_body:
+            try:
+                payload = await request.json()
+                phrase = str((payload or {}).get("phrase") or SELFTEST_PHRASE)
+            except (ValueError, AttributeError):
+                return _json({"error": 'expected an empty body or JSON {"phrase": "..."}'}, 400)
+        if not phrase.strip() or len(phrase) > 200:
+            return _json({"error": "the phrase must be 1-200 characters"}, 400)
+        run = self._selftest_runs.get(unit.spec.serial, 0)
+        self._selftest_runs[unit.spec.serial] = run + 1
+        now = self._clock()
+        loop = asyncio.get_running_loop()  # synthesis and mixing take ~50 ms: off the event loop
+        capture = await loop.run_in_executor(None, lambda: selftest_capture(unit.spec, phrase, run=run))
+        if capture is None:
+            return _json({"error": "the unit cannot play the reference (espeak-ng missing on the simulator)"}, 503)
+        if unit.ssh is not None:  # the unit keeps its latest capture
+            with contextlib.suppress(OSError):
+                (unit.ssh.root / "run").mkdir(parents=True, exist_ok=True)
+                write_wav(unit.ssh.root / "run" / "selftest-latest.wav", capture.samples)
+        return _json({"serial": unit.spec.serial, "time": now.isoformat(timespec="seconds"), "run": run + 1,
+                      **capture.as_json()})
 
     async def _handle_fault(self, request: web.Request) -> web.Response:
         serial = request.match_info["serial"]

@@ -68,12 +68,25 @@ exit 0
 
 #: ``bin/verify-bundle DIR``: the unit-side check before a staged bundle is installed. Standalone
 #: (stdlib + ``cryptography``); recomputes the canonical manifest bytes of ``fleet.signing``.
-_VERIFY_SCRIPT = '''#!{python}
+#: It runs once per unit update and hashes the whole bundle, so it starts lean: ``python -S`` (no
+#: ``site``: ~25 ms less per start here) with ``cryptography``'s directory put on ``sys.path``
+#: only for the signature check, and each file hashed through ``mmap`` (no copy per block).
+_VERIFY_SCRIPT = '''#!{python} -S
 """verify-bundle DIR — refuse a model bundle unless every file matches its SHA-256 in manifest.json
 and manifest.sig is a valid Ed25519 signature by a key in <root>/etc/trusted-keys/<key_id>.pub.
 DIR must be .../<kind>/<version>/ matching the manifest. Exit 0 and one OK line, or exit 1."""
-import base64, hashlib, json, os, sys
+import base64, hashlib, json, mmap, os, sys
 from pathlib import Path, PurePosixPath
+
+CRYPTOGRAPHY_DIR = {crypto_dir!r}
+
+
+def sha256_of(path):
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return hashlib.sha256().hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return hashlib.sha256(m).hexdigest()
 
 def refuse(msg):
     sys.stderr.write("verify-bundle: REFUSED: " + msg + "\\n")
@@ -98,11 +111,7 @@ for name, entry in sorted(files.items()):
     path = d / name
     if path.is_symlink() or not path.is_file():
         refuse("file %s is missing" % name)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    if path.stat().st_size != entry["bytes"] or h.hexdigest() != entry["sha256"]:
+    if path.stat().st_size != entry["bytes"] or sha256_of(path) != entry["sha256"]:
         refuse("file %s does not match its SHA-256 in the manifest (altered or partly copied)" % name)
     total += entry["bytes"]
 for dirpath, _dirs, names in os.walk(d):
@@ -122,6 +131,7 @@ if not key_id.isalnum():
 keyfile = root / "etc" / "trusted-keys" / (key_id + ".pub")
 if not keyfile.is_file():
     refuse("signed by key %s, which this unit does not trust" % key_id)
+sys.path.append(CRYPTOGRAPHY_DIR)
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 body = {{k: v for k, v in manifest.items() if k != "signature"}}
@@ -256,12 +266,15 @@ def install_unit_scripts(root: Path) -> None:
     """Write the unit-side programs into ``<root>/bin`` and create ``etc/trusted-keys``.
 
     ``bin/verify-bundle`` runs with the interpreter running the simulator (``sys.executable``,
-    which has ``cryptography``).
+    which has ``cryptography``; the script is told where it is, as it starts without ``site``).
     """
+    import cryptography
+
     for sub in ("bin", "run", "staging", "etc/trusted-keys"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for name, text in (("restart-voice-service", _RESTART_SCRIPT),
-                       ("verify-bundle", _VERIFY_SCRIPT.format(python=sys.executable))):
+                       ("verify-bundle", _VERIFY_SCRIPT.format(
+                           python=sys.executable, crypto_dir=str(Path(cryptography.__file__).resolve().parents[1])))):
         script = root / "bin" / name
         script.write_text(text)
         script.chmod(0o755)
@@ -300,9 +313,10 @@ def build_unit_root(spec: UnitSpec, root: Path) -> None:
         else:
             lines.append(f"{when} INFO voice: request ok e2e_ms={e2e:.0f}")
     (root / "logs" / "voice.log").write_text("\n".join(lines) + "\n")
-    if spec.consent_recordings:
-        for i, freq in enumerate((440.0, 660.0)):
-            _tone_wav(root / "recordings" / f"req-{i + 1:04d}.wav", freq)
+    # spoken requests through the unit's room and microphone, index.jsonl, etc/consent.json
+    from fleet.simulator.recordings import write_unit_recordings
+
+    write_unit_recordings(spec, root)
 
 
 class SshUnit:

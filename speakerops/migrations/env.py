@@ -7,6 +7,7 @@ from alembic import context
 import feedback.models  # noqa: F401  (feedback and ticket tables, issue #6)
 import fleet.models  # noqa: F401  (registers the fleet tables on Base.metadata)
 import fleet.rollout_models  # noqa: F401  (rollouts, rollout groups/units, unit pins)
+import fleet.workbench_models  # noqa: F401  (unit self-tests, workbench runs, issue #7)
 import speakerops.audit  # noqa: F401  (the audit_log table)
 from speakerops.db import Base
 
