@@ -237,6 +237,22 @@ def resolve(session: Session, kind: str, name: str) -> ModelVersion:
     return get_version(session, name, kind)
 
 
+def _regression_verdicts(regression: Any, wanted: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Gate rows from the field regression sets (``report["regression"] = {name: evaluate report}``,
+    made of technicians' field cases, ``fleet.workbench_actions.add_regression_case``): their
+    recognition requirements (STT and answer accuracy) must hold on the field cases too."""
+    rows: list[dict[str, Any]] = []
+    if not isinstance(regression, dict):
+        return rows
+    for name, rep in sorted(regression.items()):
+        summary = rep.get("summary") if isinstance(rep, dict) else None
+        for r in (summary or {}).get("requirements", []) or []:
+            if r.get("key") in wanted and r.get("key") in ("stt_accuracy", "answer_accuracy"):
+                rows.append({**r, "key": f"regression:{name}:{r['key']}",
+                             "label": f"field regression set {name!r}: {r.get('label', r['key'])}"})
+    return rows
+
+
 def attach_evaluation(session: Session, version: str | ModelVersion, report: dict[str, Any], *, kind: str | None = None,
                       actor: str | None = None, clock: Clock = utc_now) -> ModelVersion:
     """Store an offline evaluation report on a version and its gate verdicts.
@@ -247,6 +263,8 @@ def attach_evaluation(session: Session, version: str | ModelVersion, report: dic
         ``inference_core.evaluate.evaluate`` output (``speakerops evaluate --json``); its
         ``models`` must name this version for the version's kind, and ``summary.requirements``
         holds the verdicts. The bulky per-utterance rows are kept (they explain the figures).
+        ``regression`` (optional, ``{set name: report}``) holds the evaluations on the field
+        regression sets; their STT/answer accuracy gate the version too.
 
     Raises
     ------
@@ -267,6 +285,7 @@ def attach_evaluation(session: Session, version: str | ModelVersion, report: dic
         raise RegistryError("the report has no summary; pass the JSON of `speakerops evaluate --json`")
     wanted = KIND_REQUIREMENTS[mv.kind]
     verdicts = [dict(r) for r in summary.get("requirements", []) if r.get("key") in wanted]
+    verdicts += _regression_verdicts(report.get("regression"), wanted)
     known = [r["passed"] for r in verdicts if r.get("passed") is not None]
     passed = all(known) if known else None
     before = {"evaluation_passed": mv.evaluation_passed, "override": mv.gate_override_reason}

@@ -154,9 +154,12 @@ def models_evaluate(ctx: typer.Context, version: Annotated[str, typer.Argument(h
                     no_mos: Annotated[bool, typer.Option("--no-mos", help="Skip DNSMOS (faster; MOS unmeasured).")] = False,
                     models_dir: Annotated[Path | None, typer.Option(
                         "--models-dir", help="Bundles for the other kinds (default DATA_DIR/models).")] = None,
+                    no_regression: Annotated[bool, typer.Option(
+                        "--no-regression", help="Skip the field regression sets (DATA_DIR/testsets/*).")] = False,
                     as_json: JsonOut = False, db_url: DbUrl = None) -> None:
-    """Evaluate a registered version offline (the other kinds at their default versions) and attach
-    the result; the verdicts decide the rollout gate."""
+    """Evaluate a registered version offline (the other kinds at their default versions) on the test
+    set and on every field regression set (DATA_DIR/testsets/NAME/manifest.jsonl, made by
+    `speakerops unit add-case`), and attach the result; the verdicts decide the rollout gate."""
     from fleet.errors import FleetError
     from fleet.registry import attach_evaluation, get_version, rollout_gate
 
@@ -174,7 +177,8 @@ def models_evaluate(ctx: typer.Context, version: Annotated[str, typer.Argument(h
                 raise _fail(f"cannot read the report {report} ({exc}); pass `speakerops evaluate --json FILE`'s "
                             "output") from exc
         else:
-            data = _run_evaluation(kind_, path, testset or _default_testset(), limit, no_mos, models_dir)
+            sets = [] if no_regression else sorted((rt.settings.data_dir / "testsets").glob("*/manifest.jsonl"))
+            data = _run_evaluation(kind_, path, testset or _default_testset(), limit, no_mos, models_dir, sets)
         try:
             with rt.session_factory.begin() as session:
                 mv = attach_evaluation(session, version, data, kind=kind_, clock=rt.clock)
@@ -190,7 +194,7 @@ def models_evaluate(ctx: typer.Context, version: Annotated[str, typer.Argument(h
 
 
 def _run_evaluation(kind: str, path: Path, testset: Path, limit: int | None, no_mos: bool,
-                    models_dir: Path | None) -> dict[str, Any]:
+                    models_dir: Path | None, regression_sets: list[Path] = ()) -> dict[str, Any]:
     from inference_core.bundles import DEFAULT_VERSIONS, bundle_dir, build_default_bundles, load_bundle
     from inference_core.errors import InferenceError
     from inference_core.evaluate import evaluate
@@ -209,7 +213,10 @@ def _run_evaluation(kind: str, path: Path, testset: Path, limit: int | None, no_
         loop = VoiceLoop(bundles, LoopOptions(mos=not no_mos))
     except InferenceError as exc:
         raise _fail(str(exc)) from exc
-    return evaluate(testset, loop, report=_progress, limit=limit)
+    data = evaluate(testset, loop, report=_progress, limit=limit)
+    if regression_sets:  # the technicians' field cases gate the version too (fleet.registry)
+        data["regression"] = {m.parent.name: evaluate(m, loop, report=_progress) for m in regression_sets}
+    return data
 
 
 @models_app.command("override")

@@ -4,6 +4,8 @@ duplicates, aliases, evaluation verdicts, the rollout gate and its audited overr
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 import json
 import os
 import shutil
@@ -279,17 +281,23 @@ def test_cli_models_evaluate_runs_the_offline_evaluation(tmp_path, models_root, 
     """A real default bundle through the real evaluation (first lines of the shipped test set)."""
     monkeypatch.setenv("SPEAKEROPS_DATA_DIR", str(tmp_path / "data"))
     db_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    assert cli(db_url, "models", "import", str(models_root / "tts" / "tts-1.0.0")).exit_code == 0
-    res = cli(db_url, "models", "evaluate", "tts-1.0.0", "--limit", "3", "--no-mos",
+    assert cli(db_url, "models", "import", str(models_root / "stt" / "stt-1.0.0")).exit_code == 0
+    # a technician's field regression set (two cases of the shipped set, absolute audio paths)
+    shipped = Path(str(files("resources") / "testset" / "manifest.jsonl"))
+    field = tmp_path / "data" / "testsets" / "field" / "manifest.jsonl"
+    field.parent.mkdir(parents=True)
+    cases = [json.loads(line) for line in shipped.read_text().splitlines()[:2]]
+    field.write_text("".join(json.dumps({**c, "audio": str(shipped.parent / c["audio"])}) + "\n" for c in cases))
+    res = cli(db_url, "models", "evaluate", "stt-1.0.0", "--limit", "3", "--no-mos",
               "--models-dir", str(models_root), "--json")
     assert res.exit_code in (0, 1), res.output
     out = json.loads(res.output[res.output.index("{"):])
     keys = {r["key"]: r for r in out["requirements"]}
-    assert set(keys) == {"mos", "server_latency", "end_to_end_latency"}
-    assert keys["mos"]["passed"] is None  # --no-mos: not measured
+    assert set(keys) == {"stt_accuracy", "server_latency", "end_to_end_latency", "regression:field:stt_accuracy"}
     with _rt(db_url) as session:
         mv = session.scalars(select(ModelVersion)).one()
-        assert mv.evaluation["models"]["tts"] == "tts-1.0.0" and mv.evaluated_at is not None
+        assert mv.evaluation["models"]["stt"] == "stt-1.0.0" and mv.evaluated_at is not None
+        assert mv.evaluation["regression"]["field"]["summary"]["utterances"] == 2
 
 
 class _rt:
@@ -317,3 +325,19 @@ def test_cli_help_lists_the_verbs():
     res = CliRunner().invoke(speakerops.cli.app, ["units", "--help"])
     assert "approve-host-key" in res.output and "host-keys" in res.output
     assert os.environ.get("SPEAKEROPS_DATA_DIR")
+
+
+def test_field_regression_sets_gate_the_version(runtime, tmp_path, signer):
+    """A version that passes the shipped test set but fails the technicians' field cases is refused."""
+    with runtime.session_factory.begin() as s:
+        import_bundle(s, make_bundle(tmp_path / "a"), registry_root(tmp_path / "data"), signer, runtime.clock)
+        report = report_for("stt", "stt-2.0.0")
+        report["regression"] = {"busan-office": report_for("stt", "stt-2.0.0", stt_accuracy=0.71),
+                                "lab": report_for("stt", "stt-2.0.0")}
+        mv = attach_evaluation(s, "stt-2.0.0", report)
+        keys = [r["key"] for r in mv.requirements]
+        assert keys[-2:] == ["regression:busan-office:stt_accuracy", "regression:lab:stt_accuracy"]
+        assert mv.evaluation_passed is False
+        gate = rollout_gate(s, "stt-2.0.0")
+        assert not gate.allowed and [r["key"] for r in gate.failed] == ["regression:busan-office:stt_accuracy"]
+        assert "busan-office" in gate.reason
