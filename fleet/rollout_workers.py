@@ -140,6 +140,8 @@ class WorkerSpec:
     ssh_settings: dict[str, Any]
     trust_on_first_use: bool
     agent_urls: dict[str, str]
+    #: The parent's data directory: its secret store holds the SSH client key (when no key file).
+    data_dir: str | None = None
 
 
 _WORKER_PARTS: list[tuple[WorkerSpec, tuple[Any, Any, Any]]] = []
@@ -157,7 +159,8 @@ def _worker_parts(spec: WorkerSpec) -> tuple[Any, Any, Any]:
         from speakerops.db import make_engine, make_session_factory
 
         sf = make_session_factory(make_engine(spec.db_url))
-        connector = SshConnector(sf, SshSettings(**spec.ssh_settings), trust_on_first_use=spec.trust_on_first_use)
+        connector = SshConnector(sf, SshSettings(**spec.ssh_settings), trust_on_first_use=spec.trust_on_first_use,
+                                 data_dir=Path(spec.data_dir) if spec.data_dir else None)
         # one client for the life of the worker: no TLS context and connection set-up per poll
         health = unit_update.default_health_check(spec.agent_urls.__getitem__, client=httpx.Client())
         parts = (sf, connector, health)
@@ -199,13 +202,15 @@ def process_pool(sf: sessionmaker[Session], connector: Any, install_root: str | 
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["fleet.rollout", "fleet.unit_update"])
     manager = ctx.Manager()
-    settings = connector.settings.model_copy(update={"client_key_path": str(connector.key_path)})
+    # a key file when the parent uses one; else the workers open the same secret store (data_dir)
+    settings = connector.settings.model_copy(
+        update={"client_key_path": str(connector.key_path) if connector.key_path is not None else None})
     if install_root is not None:
         settings = settings.model_copy(update={"install_root": install_root})
     with sf() as s:
         urls = dict(s.execute(select(Unit.serial, Unit.agent_url)).all())
     spec = WorkerSpec(sf.kw["bind"].url.render_as_string(hide_password=False), settings.model_dump(),
-                      bool(connector.known_hosts.trust_on_first_use), urls)
+                      bool(connector.known_hosts.trust_on_first_use), urls, str(connector.keys.data_dir))
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx), manager, spec
 
 

@@ -48,8 +48,15 @@ class SshSettings(BaseSettings):
 
     Defaults and where they come from:
 
-    * ``client_key_path = None`` → ``<data_dir>/client_key``: the key the simulator's
-      ``ensure_client_key(data_dir)`` makes and its units accept.
+    * ``client_key_path = None`` → the SSH key in the secret store (:mod:`fleet.keys`: OS keyring or
+      an encrypted file; ``speakerops keys import-ssh|rotate-ssh``), current then previous during a
+      rotation. A path names the user's own key file instead (e.g. the simulator's
+      ``<sim data dir>/client_key``, or an OpenSSH key with its own passphrase in
+      ``client_key_passphrase``). With neither, a legacy ``<data_dir>/client_key`` is still read.
+    * ``authorized_keys_path = None``: where ``speakerops keys rotate-ssh`` edits a unit's authorized
+      keys — the path the unit names in ``<install root>/etc/ssh-authorized-keys`` (the simulator's
+      units do), else ``~/.ssh/authorized_keys`` (OpenSSH's default ``AuthorizedKeysFile``).
+      ``{serial}`` and ``{root}`` (the install root) are replaced; ``~/`` is the login's home.
     * ``connect_timeout_s = 10``: TCP connect + SSH banner + auth on a LAN take well under 1 s;
       10 s leaves room for a busy unit without stalling a rollout group for long.
     * ``command_timeout_s = 60``: the longest unit-side command is ``verify-bundle`` hashing a
@@ -70,7 +77,10 @@ class SshSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SPEAKEROPS_SSH_", extra="ignore")
 
-    client_key_path: str | None = Field(None, description="private key file; None: <data_dir>/client_key")
+    client_key_path: str | None = Field(None, description="private key file; None: the secret store's key")
+    client_key_passphrase: str | None = Field(None, description="passphrase of client_key_path, if it has one")
+    authorized_keys_path: str | None = Field(None, description="units' authorized keys file for rotate-ssh; "
+                                             "None: as the unit names it, else ~/.ssh/authorized_keys")
     connect_timeout_s: float = Field(10.0, gt=0)
     command_timeout_s: float = Field(60.0, gt=0)
     window_size: int = Field(64 << 20, ge=1 << 15)

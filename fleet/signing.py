@@ -11,10 +11,12 @@ encoded as UTF-8. The signature goes next to the manifest as ``manifest.sig``::
 the public keys in ``<install root>/etc/trusted-keys/<key_id>.pub`` (PEM, SubjectPublicKeyInfo);
 their ``bin/verify-bundle`` (``fleet.simulator.sshd``) recomputes the same canonical bytes.
 
-Key storage (:class:`KeyStore`): the system keyring when the optional ``keyring`` package has a
-usable backend, else ``<data_dir>/keys/<name>.pem`` (mode 0600), encrypted with the passphrase in
-``SPEAKEROPS_KEY_PASSPHRASE`` when set (``BestAvailableEncryption``), unencrypted with a logged
-warning otherwise. A key is created on first use.
+Key storage (:class:`KeyStore`, over :class:`fleet.keys.SecretStore`): the OS keyring when
+``keyring`` has a usable backend, else ``<data_dir>/keys/registry.pem`` (0600) sealed with the
+passphrase in ``SPEAKEROPS_KEY_PASSPHRASE``; with neither, creating or reading the key is refused
+unless the lab opt-in ``SPEAKEROPS_KEYS_UNENCRYPTED_LAB=1`` is set. ``speakerops keys
+rotate-signing`` makes a new key current; earlier keys stay trusted (their public keys are kept in
+the store's index and pushed to units, :func:`fleet.keys.SecretStore.trusted_signing_keys`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fleet.errors import SignatureError
+from fleet.keys import PASSPHRASE_ENV, SIGNING_ENTRY, SecretStore, usable_keyring
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,6 @@ MANIFEST = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 #: Directory of trusted public keys, relative to a unit's install root.
 TRUSTED_KEYS_DIR = "etc/trusted-keys"
-PASSPHRASE_ENV = "SPEAKEROPS_KEY_PASSPHRASE"
-KEYRING_SERVICE = "speakerops"
 
 
 def canonical_manifest_bytes(manifest: dict[str, Any]) -> bytes:
@@ -193,94 +193,31 @@ def verify_bundle_signature(bundle_dir: Path, trusted: dict[str, Ed25519PublicKe
     return sig.key_id
 
 
-def _usable_keyring() -> Any | None:
-    """The ``keyring`` module if it is installed and has a real backend, else None."""
-    try:
-        import keyring
-        from keyring.backends import fail
-    except ImportError:
-        return None
-    try:
-        backend = keyring.get_keyring()
-    except Exception:  # noqa: BLE001 - a broken keyring config means "not usable"
-        return None
-    if isinstance(backend, fail.Keyring) or getattr(backend, "priority", 0) <= 0 \
-            or "null" in type(backend).__module__:
-        return None
-    return keyring
-
-
-class KeyStore:
-    """Where the registry's signing key lives (see the module docstring).
+class KeyStore(SecretStore):
+    """The registry's view of the secret store (:class:`fleet.keys.SecretStore`): the signing key.
 
     Parameters
     ----------
     data_dir
-        SpeakerOps data directory; the file fallback is ``<data_dir>/keys/<name>.pem``.
+        SpeakerOps data directory; the store is ``<data_dir>/keys/``.
     use_keyring
-        Try the system keyring first (default); tests pass False.
+        Allow the OS keyring for a new store (default); tests pass False.
     """
 
-    def __init__(self, data_dir: Path, use_keyring: bool = True) -> None:
-        self.keys_dir = Path(data_dir) / "keys"
-        self._keyring = _usable_keyring() if use_keyring else None
-
-    @property
-    def backend(self) -> str:
-        """``"keyring"`` or ``"file"``."""
-        return "keyring" if self._keyring is not None else "file"
-
-    def signer(self, name: str = "registry") -> Signer:
-        """The signer named ``name``, its key created on first use.
+    def signer(self, name: str = SIGNING_ENTRY) -> Signer:
+        """The signer of the current signing key (``name`` other than ``registry``: a separate,
+        unrotated key), created on first use.
 
         Raises
         ------
         SignatureError
-            If a stored key cannot be decrypted (wrong or missing ``SPEAKEROPS_KEY_PASSPHRASE``).
+            (:class:`fleet.keys.SecretStoreError`) no keyring, no ``SPEAKEROPS_KEY_PASSPHRASE`` and
+            no lab opt-in; a wrong passphrase; a stored key that is not Ed25519.
         """
-        pem = self._load(name)
-        if pem is None:
-            key = Ed25519PrivateKey.generate()
-            self._store(name, key)
-            logger.info("created signing key %s (%s) in the %s store", name,
-                        key_id_of(key.public_key()), self.backend)
-            return Signer(key)
-        passphrase = os.environ.get(PASSPHRASE_ENV)
-        try:
-            key = serialization.load_pem_private_key(
-                pem, password=passphrase.encode() if passphrase and b"ENCRYPTED" in pem else None)
-        except (ValueError, TypeError) as exc:
-            raise SignatureError(f"cannot open signing key {name!r} ({exc}); set {PASSPHRASE_ENV} to "
-                                 "the passphrase it was created with") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise SignatureError(f"signing key {name!r} is not Ed25519")
-        return Signer(key)
+        return Signer(self.signing_key(name))
 
-    def _load(self, name: str) -> bytes | None:
-        if self._keyring is not None:
-            value = self._keyring.get_password(KEYRING_SERVICE, f"signing-key:{name}")
-            return value.encode() if value else None
-        path = self.keys_dir / f"{name}.pem"
-        return path.read_bytes() if path.exists() else None
 
-    def _store(self, name: str, key: Ed25519PrivateKey) -> None:
-        if self._keyring is not None:
-            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-            self._keyring.set_password(KEYRING_SERVICE, f"signing-key:{name}", pem.decode())
-            return
-        passphrase = os.environ.get(PASSPHRASE_ENV)
-        if passphrase:
-            encryption: serialization.KeySerializationEncryption = \
-                serialization.BestAvailableEncryption(passphrase.encode())
-        else:
-            logger.warning("%s is not set: the signing key %s is stored unencrypted (mode 0600) in %s",
-                           PASSPHRASE_ENV, name, self.keys_dir)
-            encryption = serialization.NoEncryption()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-        self.keys_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.keys_dir, 0o700)
-        path = self.keys_dir / f"{name}.pem"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
+_usable_keyring = usable_keyring  # the name the first KeyStore used
+__all__ = ["PASSPHRASE_ENV", "KeyStore", "Signer", "key_id_of", "public_key_pem", "load_public_key",
+           "verify_bundle_signature", "read_signature", "read_manifest", "canonical_manifest_bytes",
+           "BundleSignature"]

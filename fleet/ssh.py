@@ -7,8 +7,8 @@ resumable uploads.
   approve-host-key SERIAL FP``); a key other than the approved one raises
   :class:`~fleet.errors.HostKeyChanged` and is always refused. Trust on first use is an explicit
   opt-in for labs (``SPEAKEROPS_SSH_TRUST_ON_FIRST_USE=1`` or ``trust_on_first_use=True``).
-* :class:`SshConnector` opens a :class:`UnitSession` to a :class:`UnitTarget`: key file only
-  (``look_for_keys=False, allow_agent=False``), a connect timeout, a larger channel window,
+* :class:`SshConnector` opens a :class:`UnitSession` to a :class:`UnitTarget`: client keys from
+  :mod:`fleet.ssh_keys` only (``look_for_keys=False, allow_agent=False``), a connect timeout, a larger channel window,
   AES-GCM offered first (:data:`PREFERRED_CIPHERS`).
 * :class:`UnitSession` runs commands with a timeout (``(status, stdout, stderr)``) — one
   ``exec`` each (:meth:`UnitSession.run`), or scripts fed to one shell kept per connection
@@ -57,6 +57,7 @@ from fleet.known_hosts import (  # noqa: F401 - re-exported: fleet.ssh is where 
     list_host_keys,
 )
 from fleet.settings import SshSettings
+from fleet.ssh_keys import ClientKeys
 from speakerops.timeutil import Clock, utc_now
 
 logger = logging.getLogger(__name__)
@@ -479,6 +480,10 @@ class UnitSession:
 class SshConnector:
     """Opens :class:`UnitSession` s; built once by the composition root and shared by threads.
 
+    Client keys (:class:`fleet.ssh_keys.ClientKeys`): the file in ``settings.client_key_path``, else
+    the secret store's current key then, during a rotation, the previous one. The key a unit
+    accepted is tried first next time.
+
     Parameters
     ----------
     session_factory
@@ -486,35 +491,28 @@ class SshConnector:
     settings
         SSH settings (:class:`fleet.settings.SshSettings`); default from the environment.
     data_dir
-        SpeakerOps data directory, for the default client key ``<data_dir>/client_key``.
+        SpeakerOps data directory (the secret store ``<data_dir>/keys``); default from
+        ``speakerops.settings.CoreSettings``.
     trust_on_first_use
         Overrides ``settings.trust_on_first_use`` (labs only).
+    key_store
+        A :class:`fleet.keys.SecretStore` to use instead of ``<data_dir>/keys``.
     """
 
     def __init__(self, session_factory: sessionmaker[Session], settings: SshSettings | None = None, *,
                  data_dir: Path | None = None, clock: Clock = utc_now,
-                 trust_on_first_use: bool | None = None) -> None:
+                 trust_on_first_use: bool | None = None, key_store: Any = None) -> None:
         self.settings = settings or SshSettings()
-        if self.settings.client_key_path:
-            self.key_path = Path(self.settings.client_key_path)
-        else:
-            if data_dir is None:
-                from speakerops.settings import CoreSettings
-
-                data_dir = CoreSettings().data_dir
-            self.key_path = Path(data_dir) / "client_key"
+        self.keys = ClientKeys(self.settings, data_dir, key_store)
+        #: The key file in use, or None when the keys come from the secret store.
+        self.key_path: Path | None = self.keys.key_path
         tofu = self.settings.trust_on_first_use if trust_on_first_use is None else trust_on_first_use
         self.known_hosts = KnownHostsStore(session_factory, clock, trust_on_first_use=tofu)
-        self._pkey: paramiko.PKey | None = None
+        self._preferred: dict[str, str] = {}
 
-    def _key(self) -> paramiko.PKey:
-        if self._pkey is None:
-            try:
-                self._pkey = paramiko.PKey.from_path(self.key_path)
-            except (OSError, paramiko.SSHException) as exc:
-                raise SshAuthFailed(f"cannot read the SSH client key {self.key_path} ({exc}); set "
-                                    "SPEAKEROPS_SSH_CLIENT_KEY_PATH or create the key") from exc
-        return self._pkey
+    def trusted_signing_keys(self) -> dict[str, bytes]:
+        """``{key_id: public PEM}`` every unit should trust (pushed by each update); public data only."""
+        return self.keys.trusted_signing_keys()
 
     def _transport(self, sock: Any, **kwargs: Any) -> paramiko.Transport:
         t = paramiko.Transport(sock, default_window_size=self.settings.window_size,
@@ -524,40 +522,53 @@ class SshConnector:
         t.get_security_options().ciphers = first + tuple(c for c in offered if c not in first)
         return t
 
-    def connect(self, target: UnitTarget, timeout_s: float | None = None) -> UnitSession:
+    def connect(self, target: UnitTarget, timeout_s: float | None = None, *,
+                pkey: paramiko.PKey | None = None) -> UnitSession:
         """Connect and authenticate to ``target``, checking its host key.
+
+        The client keys (:meth:`fleet.ssh_keys.ClientKeys.keys`) are tried in turn, one connection
+        each, the key the unit accepted last time first; ``pkey`` tries that key alone (a rotation checking a new key).
 
         Raises
         ------
         HostKeyUnknown, HostKeyChanged
             From the known-hosts store.
         SshAuthFailed
-            The unit refused the client key.
+            The unit refused every client key, or no key can be read.
         UnitUnreachable
             Refused, timed out, or dropped while connecting.
         """
         timeout_s = self.settings.connect_timeout_s if timeout_s is None else timeout_s
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(_StorePolicy(self.known_hosts, target))
-        try:
-            client.connect(target.host, port=target.port, username=target.user, pkey=self._key(),
-                           look_for_keys=False, allow_agent=False, timeout=timeout_s,
-                           banner_timeout=timeout_s, auth_timeout=timeout_s, channel_timeout=timeout_s,
-                           transport_factory=self._transport)
-        except (HostKeyUnknown, HostKeyChanged, SshAuthFailed):
-            client.close()
-            raise
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise SshAuthFailed(f"{target.serial} ({target.host}:{target.port}) refused the client key "
-                                f"{self.key_path} for user {target.user} ({exc}); add its public half to the "
-                                "unit's authorized_keys") from exc
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            client.close()
-            raise UnitUnreachable(f"cannot connect to {target.serial} at {target.host}:{target.port} "
-                                  f"({type(exc).__name__}: {exc}); check that the unit is on and its sshd "
-                                  "runs, then retry") from exc
-        transport = client.get_transport()
-        if transport is not None:
-            transport.set_keepalive(15)
-        return UnitSession(client, target, self.settings)
+        keys = [("the given key", pkey)] if pkey is not None else list(self.keys.keys())
+        preferred = self._preferred.get(target.serial)
+        keys.sort(key=lambda lk: lk[0] != preferred)
+        refused: list[str] = []
+        for label, key in keys:
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(_StorePolicy(self.known_hosts, target))
+            try:
+                client.connect(target.host, port=target.port, username=target.user, pkey=key,
+                               look_for_keys=False, allow_agent=False, timeout=timeout_s,
+                               banner_timeout=timeout_s, auth_timeout=timeout_s, channel_timeout=timeout_s,
+                               transport_factory=self._transport)
+            except (HostKeyUnknown, HostKeyChanged, SshAuthFailed):
+                client.close()
+                raise
+            except paramiko.AuthenticationException as exc:
+                client.close()
+                refused.append(f"{label}: {exc}")
+                continue
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                client.close()
+                raise UnitUnreachable(f"cannot connect to {target.serial} at {target.host}:{target.port} "
+                                      f"({type(exc).__name__}: {exc}); check that the unit is on and its sshd "
+                                      "runs, then retry") from exc
+            if pkey is None:
+                self._preferred[target.serial] = label
+            transport = client.get_transport()
+            if transport is not None:
+                transport.set_keepalive(15)
+            return UnitSession(client, target, self.settings)
+        raise SshAuthFailed(f"{target.serial} ({target.host}:{target.port}) refused the client key(s) for user "
+                            f"{target.user} ({'; '.join(refused)}); add the public half to the unit's "
+                            "authorized_keys (`speakerops keys status` shows it)")

@@ -11,7 +11,9 @@ per phase instead of one command (or SFTP call) per small step:
     update journal, whether the version is installed, the sizes of files already staged and
     ``df``, and creates the staging directories when an upload will be needed.
 ``install``
-    ``bin/verify-bundle`` (SHA-256 of every file + Ed25519 signature; on refusal a staged copy
+    The registry's trusted signing keys written into ``etc/trusted-keys/`` where missing or
+    different (:func:`trust_lines`: a unit that missed a key rotation learns the new key before
+    it checks a bundle signed with it; keys are never removed), ``bin/verify-bundle`` (SHA-256 of every file + Ed25519 signature; on refusal a staged copy
     is deleted), the move into ``models/<kind>/<version>/``, the journal (phase ``switching``),
     the ``previous``/``current`` links and the journal (phase ``switched``). Marker lines
     (``@verified``, ``@moved``, ``@journal``, ``@switched``) say how far it got.
@@ -34,7 +36,9 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +57,8 @@ EXIT_NO_ROOT = 20
 EXIT_REFUSED = 10
 #: Exit status of the install/switch scripts when the move or the links failed.
 EXIT_SWITCH_FAILED = 11
+#: Exit status of the install and push-trust scripts when the trusted keys cannot be written.
+EXIT_TRUST_FAILED = 12
 
 _JOURNAL_MARK = "--journal--"
 _DF_MARK = "--df--"
@@ -205,9 +211,50 @@ def parse_prepare(serial: str, status: int, stdout: str, stderr: str, names: lis
                     staged_sizes=[sizes.get(n, -1) for n in names or []], free=free, journal=journal)
 
 
+def trust_lines(root_expr: str, keys: Mapping[str, bytes]) -> str:
+    """Shell lines writing each ``{key_id: public PEM}`` to ``<root>/etc/trusted-keys/<key_id>.pub``
+    where it is missing or different (atomically: ``.tmp`` + rename); print ``@trusted <n written>``.
+
+    ``root_expr`` is a shell word for the unit's real install root (quoted path or ``"$rr"``); the
+    directory must resolve inside it (a symlink leading out is refused, exit
+    :data:`EXIT_TRUST_FAILED`). Nothing is ever removed: keys of earlier rotations stay trusted.
+
+    Raises
+    ------
+    UnitUpdateError
+        A key id that is not 16 hex digits, or a PEM that is not a public key.
+    """
+    if not keys:
+        return ""
+    lines = [f"td=$(realpath -m -- {root_expr}/etc/trusted-keys) || exit {EXIT_TRUST_FAILED}",
+             f'case "$td" in {root_expr}/*) ;; *) echo "$td is outside the install root (a symlink leads out); '
+             f'refusing to write trusted keys there" >&2; exit {EXIT_TRUST_FAILED};; esac',
+             "tw=0"]
+    for kid, pem in sorted(keys.items()):
+        text = pem.decode("ascii") if isinstance(pem, bytes) else str(pem)
+        if not re.fullmatch(r"[0-9a-f]{16}", kid) or not text.startswith("-----BEGIN PUBLIC KEY-----"):
+            raise UnitUpdateError(f"refusing to push trusted key {kid!r}: not a key id and PEM public key")
+        f, tmp = f'"$td"/{kid}.pub', f'"$td"/.{kid}.pub.tmp'
+        lines.append(f'[ "$(cat -- {f} 2>/dev/null)" = "$(printf %s {q(text)})" ] || '
+                     f"{{ mkdir -p -- \"$td\" && printf %s {q(text)} > {tmp} && mv -f -- {tmp} {f} "
+                     f"&& tw=$((tw + 1)); }} || {{ echo \"cannot write the trusted key {kid} into $td\" >&2; "
+                     f"exit {EXIT_TRUST_FAILED}; }}")
+    lines.append('echo "@trusted $tw"')
+    return "\n".join(lines)
+
+
+def push_trust_script(install_root: str, keys: Mapping[str, bytes]) -> str:
+    """A script that resolves the install root and runs :func:`trust_lines` (``speakerops keys
+    push-trust``); exit :data:`EXIT_NO_ROOT` when the root does not resolve."""
+    return (f"set -u\nrr=$(realpath -e -- {q(install_root)}) || {{ echo \"install root {install_root} cannot be "
+            f"resolved on the unit; check SPEAKEROPS_SSH_INSTALL_ROOT\" >&2; exit {EXIT_NO_ROOT}; }}\n"
+            + (trust_lines('"$rr"', keys) or 'echo "@trusted 0"') + "\n")
+
+
 def install_script(view: UnitView, version: str, source: str, verify_bundle: str,
-                   journal: dict[str, Any]) -> str:
-    """The ``install`` phase: verify ``source``, move it into place (if staged), journal, switch.
+                   journal: dict[str, Any], trusted_keys: Mapping[str, bytes] | None = None) -> str:
+    """The ``install`` phase: trusted keys (:func:`trust_lines`), verify ``source``, move it into
+    place (if staged), journal, switch.
 
     ``journal`` is written with phase ``switching`` before the links change and ``switched`` after.
     """
@@ -216,6 +263,7 @@ def install_script(view: UnitView, version: str, source: str, verify_bundle: str
     lines = [
         "set -u",
         f"jr={q(view.journal_path)}",
+        *([trust_lines(q(view.root), trusted_keys)] if trusted_keys else []),
         f"if ! {q(verify_bundle)} {q(source)}; then",
         f"    {'rm -rf -- ' + q(source) if staged else ':'}  # the next attempt uploads it again",
         f"    exit {EXIT_REFUSED}",

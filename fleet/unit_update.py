@@ -11,7 +11,8 @@
 
 Each phase is one unit-side script (:mod:`fleet.unit_scripts`): ``prepare`` (paths confined to
 the root, links, journal, staged sizes, df) right after connect; the SFTP upload; ``install``
-(verify + move + journal + switch); ``restart``. A file already staged with its full size is not
+(the store's trusted signing keys into ``etc/trusted-keys/`` — a unit that missed a key rotation
+learns it here — then verify + move + journal + switch); ``restart``. A file already staged with its full size is not
 sent again; the SHA-256 of every file is checked once, by ``verify-bundle`` on the unit (a
 corrupt staged copy is refused and deleted, and the next attempt sends it again).
 
@@ -422,14 +423,17 @@ class _UpdateRun:
                    "from_previous": view.previous}
         self.step(Step.VERIFY, dir=source)
         self.check_cancel()
+        trusted = getattr(self.connector, "trusted_signing_keys", dict)()  # learnt before the check
         script = scripts.install_script(view, self.version, source,
-                                        posixpath.join(view.root, "bin", "verify-bundle"), journal)
+                                        posixpath.join(view.root, "bin", "verify-bundle"), journal, trusted)
         try:
             res = s.run_script(script, self.cmd_timeout(s), label=f"verify-bundle + switch {source}")
         except (RemoteCommandError, UnitUnreachable) as exc:
             self.after_uncertain_install(exc, journal)
             raise
         if "@verified" not in res.stdout:
+            if res.status == scripts.EXIT_TRUST_FAILED:
+                raise UnitUpdateError(f"cannot install the trusted signing keys on the unit: {res.stderr.strip()}")
             if res.status == scripts.EXIT_REFUSED:
                 raise UnitUpdateError(f"the unit refused the bundle: {res.stderr.strip() or res.stdout.strip()}")
             raise UnitUpdateError(f"verify-bundle could not run (exit {res.status}): "

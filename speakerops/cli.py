@@ -192,6 +192,7 @@ def demo(ctx: typer.Context,
     from speakerops.settings import CoreSettings
 
     data_dir = CoreSettings().data_dir / "sim"
+    os.environ.setdefault("SPEAKEROPS_KEYS_UNENCRYPTED_LAB", "1")  # a lab: keys may be plain files (unless a passphrase/keyring)
     with tempfile.TemporaryDirectory() as tmp:
         inventory = Path(tmp) / "inventory.csv"
         proc, base_url = _start_simulator(units, ssh_units, seed, inventory, data_dir)
@@ -208,7 +209,11 @@ def demo(ctx: typer.Context,
                 url = rt.db_url
             # the console's SSH (rollouts) reaches the simulator's sshd units: their key, their
             # install roots, and host keys trusted on first use (a lab, not a fleet)
-            os.environ.setdefault("SPEAKEROPS_SSH_CLIENT_KEY_PATH", str(data_dir / "client_key"))
+            # (the store's SSH key once one was imported/rotated there: docs/security.md "Secrets")
+            from fleet.keys import SecretStore
+
+            if SecretStore(CoreSettings().data_dir).ssh_current() is None:
+                os.environ.setdefault("SPEAKEROPS_SSH_CLIENT_KEY_PATH", str(data_dir / "client_key"))
             os.environ.setdefault("SPEAKEROPS_SSH_INSTALL_ROOT", str(data_dir / "units" / "{serial}" / "root"))
             os.environ.setdefault("SPEAKEROPS_SSH_TRUST_ON_FIRST_USE", "true")
             code = console_main([], db_url=url, collect=True, screenshot=screenshot,
@@ -436,6 +441,7 @@ cli_feedback.register(app)  # feedback …, tickets …, trends, serve-feedback 
 cli_audit.register(app)  # audit list|verify
 cli_admin.register(app)  # admin users add|remove|list, whoami (issue #8)
 cli_workbench.register(app)  # unit diagnose|selftest|restart|logs|pin|add-case (issue #7)
+__import__("speakerops.cli_keys", fromlist=["register"]).register(app)  # keys status|import-ssh|rotate-signing|push-trust|rotate-ssh (issue #8)
 
 
 def main() -> None:

@@ -31,6 +31,8 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPEAKEROPS_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.delenv("SPEAKEROPS_DB_URL", raising=False)
+    monkeypatch.setenv("SPEAKEROPS_KEYS_UNENCRYPTED_LAB", "1")  # lab opt-in: plain key files (docs/security.md)
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")  # never the developer's keyring
 
 
 class FrozenClock:

@@ -3,9 +3,11 @@
 An :class:`SshUnit` owns ``<data_dir>/units/<serial>/``: an ed25519 host key, an ``sshd_config``,
 the sshd log and pid file, and ``root/``, the unit's install root with the layout of
 docs/unit-api.md ("On-unit layout"). Logins use the one client key of the simulator
-(``<data_dir>/client_key``, see :func:`ensure_client_key`); the login user is the user running the
-simulator. The simulator's HTTP agent reads the ``current`` symlinks and the restart marker of the
-root on every request (:meth:`SshUnit.models`, :meth:`SshUnit.restart_marker_ns`).
+(``<data_dir>/client_key``, see :func:`ensure_client_key`), listed in each unit's own authorized keys
+file ``<data_dir>/units/<serial>/authorized_keys`` (its ``AuthorizedKeysFile``; the unit names it in
+``root/etc/ssh-authorized-keys``, where ``speakerops keys rotate-ssh`` finds it); the login user is
+the user running the simulator. The simulator's HTTP agent reads the ``current`` symlinks and the
+restart marker of the root on every request (:meth:`SshUnit.models`, :meth:`SshUnit.restart_marker_ns`).
 
 Needs Debian's ``openssh-server`` (``/usr/sbin/sshd``) and ``ssh-keygen``.
 """
@@ -329,7 +331,9 @@ class SshUnit:
     data_dir
         Simulator data directory; the unit lives in ``<data_dir>/units/<serial>/``.
     authorized_keys
-        File of public keys allowed to log in (from :func:`ensure_client_key`).
+        The simulator's file of public keys (from :func:`ensure_client_key`): seeds the unit's own
+        ``authorized_keys`` when it has none, or when this seed changed (a new simulator key); a
+        unit's file edited by a key rotation is otherwise kept across runs.
     host
         Listen address (loopback).
     """
@@ -343,7 +347,9 @@ class SshUnit:
         self.port = 0
         self.unit_dir = Path(data_dir) / "units" / spec.serial
         self.root = self.unit_dir / "root"
-        self._authorized_keys = Path(authorized_keys)
+        self._seed_keys = Path(authorized_keys)
+        #: The unit's own authorized keys file (sshd's ``AuthorizedKeysFile``).
+        self.authorized_keys = self.unit_dir / "authorized_keys"
         self._host_key = self.unit_dir / "ssh_host_ed25519_key"
         self._config = self.unit_dir / "sshd_config"
         self._pid_file = self.unit_dir / "sshd.pid"
@@ -366,7 +372,18 @@ class SshUnit:
             self._host_key.with_suffix(".pub").unlink(missing_ok=True)
             _keygen(self._host_key, f"{self.serial}-host")
         build_unit_root(self.spec, self.root)
+        self._seed_authorized_keys()
         self._kill_stale()
+
+    def _seed_authorized_keys(self) -> None:
+        seed = self._seed_keys.read_text() if self._seed_keys.exists() else ""
+        record = self.unit_dir / "authorized_keys.seed"
+        if not self.authorized_keys.exists() or not record.exists() or record.read_text() != seed:
+            self.authorized_keys.write_text(seed)
+            self.authorized_keys.chmod(0o600)
+            record.write_text(seed)
+        (self.root / "etc").mkdir(parents=True, exist_ok=True)
+        (self.root / "etc" / "ssh-authorized-keys").write_text(f"{self.authorized_keys}\n")
 
     def _kill_stale(self) -> None:
         """Stop an sshd left running by a crashed earlier run on this unit directory."""
@@ -385,7 +402,7 @@ class SshUnit:
             f"Port {self.port}\n"
             f"ListenAddress {self.host}\n"
             f"HostKey {self._host_key}\n"
-            f"AuthorizedKeysFile {self._authorized_keys}\n"
+            f"AuthorizedKeysFile {self.authorized_keys}\n"
             f"PidFile {self._pid_file}\n"
             "PasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\n"
