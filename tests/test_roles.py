@@ -171,3 +171,56 @@ def test_group_roles_are_not_logins(pg) -> None:
             add_user(s, "kim", "janitor")
         roles = set(s.execute(text("SELECT rolname FROM pg_roles WHERE rolname LIKE 'speakerops_%'")).scalars())
         assert roles >= {f"speakerops_{r}" for r in ROLES}
+
+
+@pytest.mark.postgres
+def test_core_functions_are_refused_by_the_database_for_the_wrong_role(pg, clock, tmp_path) -> None:
+    """Not the UI: the core's own functions, called with a product owner's or a technician's login."""
+    from feedback import tickets
+    from feedback.ingest import ingest_records
+    from feedback.models import Feedback
+    from fleet.rollout_control import create_rollout
+    from fleet.rollout_plan import RolloutPlan
+
+    rt, login = pg
+    po, po_engine = login("product_owner")
+    tech, tech_engine = login("technician")
+    try:
+        with rt.session_factory.begin() as s:  # a household without consent sends free text
+            s.execute(text("UPDATE units SET consent_feedback_text = false, ssh_host = '127.0.0.1', ssh_port = 22, "
+                           "ssh_user = 'root'"))
+            report = ingest_records(s, [{"unit_serial": "SPK-1", "household_id": "hh-1",
+                                         "submitted_at": clock().isoformat(), "feature": "weather", "rating": 2,
+                                         "text": "call me at 010-1234-5678", "corrected": True}], clock,
+                                    source="app", origin="test")
+            assert report.imported == 1
+        with po() as s:  # the product owner reads feedback, but there is no text to read
+            assert [f.text for f in s.query(Feedback).all()] == [None]
+
+        from fleet.registry import import_bundle, registry_root
+        from fleet.signing import Signer
+        from inference_core.bundles import write_manifest
+
+        bundle = tmp_path / "b" / "stt" / "stt-9.9.9"
+        bundle.mkdir(parents=True)
+        (bundle / "lm.arpa").write_text("\\data\\\n")
+        write_manifest(bundle, "stt", "stt-9.9.9", {})
+        with rt.session_factory.begin() as s:  # registered by an operator
+            import_bundle(s, bundle, registry_root(tmp_path / "data"), Signer.generate(), clock)
+        plan = RolloutPlan(kind="stt", version="stt-9.9.9")
+        with pytest.raises(ProgrammingError) as info, po.begin() as s:
+            create_rollout(s, plan, clock=clock, override_reason="I want it", actor="po")
+        assert is_refusal(info.value)
+        with pytest.raises(ProgrammingError) as info, tech.begin() as s:
+            add_user(s, "mallory", "admin")  # a technician cannot change roles
+        assert is_refusal(info.value)
+        with tech.begin() as s:  # but works tickets
+            tickets.create_ticket(s, clock, title="no answer", unit_serial="SPK-1", actor="tech")
+        with pytest.raises(ProgrammingError) as info, po.begin() as s:
+            tickets.create_ticket(s, clock, title="from a product owner", unit_serial="SPK-1", actor="po")
+        assert is_refusal(info.value)
+        with rt.session_factory() as s:
+            assert "mallory" not in {u.name for u in list_users(s)}
+    finally:
+        for engine in (po_engine, tech_engine):
+            engine.dispose()
