@@ -8,8 +8,10 @@ run: setup
 	.venv/bin/speakerops demo
 
 # The core's tests run in one process without Qt windows (HOUSE_STYLE); each console test file
-# (pytest-qt, offscreen) runs in a process of its own. Many windows with pyqtgraph charts and
-# background jobs in one process crashed intermittently (open defect, see the issue notes).
+# (pytest-qt, offscreen) runs in a process of its own. (Many windows in one process used to crash
+# or deadlock now and then: Python's garbage collector destroyed Qt objects on job threads. It now
+# runs on the GUI thread only, console.app.collect_garbage_on_gui_thread; all console files pass
+# in one process too. Separate processes are kept as a guard.)
 test: setup
 	.venv/bin/lint-imports
 	.venv/bin/ruff check speakerops fleet feedback inference_core console tests benchmarks

@@ -30,12 +30,34 @@ def _has_display() -> bool:
     return any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
 
 
+def collect_garbage_on_gui_thread(app: QApplication, interval_s: float = 1.0) -> None:
+    """Run Python's cyclic garbage collector only on the GUI thread (idempotent).
+
+    Pages hold Qt objects in reference cycles (signal connections to lambdas that capture the
+    page). Left to itself, the collector runs in whichever thread happens to allocate — often a
+    worker thread building a pandas snapshot — and destroys those Qt objects there: ``~QObject``
+    then waits for a Qt mutex while holding what the GUI thread needs, a deadlock, or crashes.
+    (Seen: the GUI thread in ``QObject::~QObject`` of a ``QMenu`` deleted by shiboken's
+    ``runDeletionInMainThread``, a job thread in ``gc_collect_main`` → ``~QObject`` waiting for
+    the GIL.) pyqtgraph's ``GarbageCollector`` disables automatic collection and collects from a
+    GUI-thread timer instead (after Erik Janssens, "Should Python garbage collector be called
+    manually?").
+    """
+    if getattr(app, "_speakerops_gc", None) is not None:
+        return
+    from pyqtgraph.util.garbage_collector import GarbageCollector
+
+    app._speakerops_gc = GarbageCollector(interval=interval_s)  # type: ignore[attr-defined]
+
+
 def ensure_application(argv: list[str] | None = None) -> QApplication:
-    """The running ``QApplication``, created (named "SpeakerOps") if there is none."""
+    """The running ``QApplication``, created (named "SpeakerOps") if there is none, with garbage
+    collection confined to the GUI thread (:func:`collect_garbage_on_gui_thread`)."""
     app = QApplication.instance()
     if app is None:
         app = QApplication(list(argv) if argv else sys.argv[:1])
     assert isinstance(app, QApplication)
+    collect_garbage_on_gui_thread(app)
     app.setApplicationName("SpeakerOps")
     app.setOrganizationName("speakerops")
     app.setApplicationDisplayName("SpeakerOps")

@@ -127,6 +127,32 @@ def espeak(text: str, out: Path, voice: str = "en-us", speed_wpm: int = 165) -> 
 
 
 # -- console (pytest-qt) fixtures; Qt is imported inside them so the core tests stay Qt-free ----
+@pytest.fixture(scope="session")
+def qapp(qapp_args, qapp_cls, pytestconfig):
+    """pytest-qt's application, with garbage collection on the GUI thread only, as the console
+    runs (``console.app.collect_garbage_on_gui_thread``: a collection on a job thread destroyed
+    Qt objects there and deadlocked or crashed a test run)."""
+    from PySide6.QtWidgets import QApplication
+
+    from console.app import collect_garbage_on_gui_thread
+
+    app = QApplication.instance() or qapp_cls(qapp_args)
+    app.setApplicationName(pytestconfig.getini("qt_qapp_name"))
+    collect_garbage_on_gui_thread(app, interval_s=0.5)
+    yield app
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_on_gui_thread_after(request):
+    """After a GUI test, collect its cyclic garbage here, on the main thread (not in a later
+    test's job thread)."""
+    yield
+    if "qapp" in request.fixturenames:
+        import gc
+
+        gc.collect()
+
+
 @pytest.fixture
 def reporter(qapp):
     """The console's error reporter; its dialogs are closed after the test."""
