@@ -9,11 +9,20 @@ with the same parallelism, to the same servers. Target (issue #5): engine time �
 ``scp -c aes128-gcm@openssh.com`` is timed as well, for reference.
 
 The machine's load average is printed before and after: other work on the 2 cores slows both
-sides unevenly, so compare quiet runs.
+sides unevenly, so compare quiet runs. ``scp`` runs before and after the engine and the ratio is
+taken to the mean of the two (load drifting during the run then biases neither side). CPU-seconds
+are printed for each side too, which other work disturbs less than wall time: the console process
+(paramiko, the runner, the database, the health polls — and the simulator's HTTP agent, which runs
+in this process too), the ``scp``/``ssh`` client processes, and the units (each sshd with every
+session, shell and unit-side program it ran: ``utime+stime+cutime+cstime`` from ``/proc``). For
+the thread runner a timeline line says when the last unit started its upload, verified,
+restarted and passed its health gate: the simulated units report ``updating`` for
+``fleet.simulator.behaviour.UPDATING_S`` (3 s) after a restart, so the last gate alone adds ~3.3 s
+that ``scp`` does not pay.
 
 Usage::
 
-    .venv/bin/python benchmarks/rollout_vs_scp.py [--units 50] [--mb 50] [--parallel 20]
+    .venv/bin/python benchmarks/rollout_vs_scp.py [--units 50] [--mb 50] [--parallel 20] [--workers threads]
 
 Prints both wall times, the throughput of each and the ratio. Starting 50 sshd units takes a
 while; the database is a temporary SQLite file.
@@ -49,6 +58,83 @@ from sqlalchemy import select  # noqa: E402
 from speakerops.db import make_engine, make_session_factory, upgrade  # noqa: E402
 
 VERSION = "stt-bench-1.0"
+
+
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """utime + stime + cutime + cstime of ``pid`` (itself and the children it reaped), seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) * _TICK_S
+
+
+def cpu_now(sim: Simulator) -> dict[str, float]:
+    """CPU-seconds so far: ``console`` (this process, and with ``--workers processes`` the worker
+    processes, reaped by the forkserver, and the manager), ``clients`` (reaped child processes:
+    scp, ssh) and ``units`` (every unit's sshd and the sessions it reaped)."""
+    import resource
+
+    sshd = {u.pid for u in sim.ssh_units if u.pid is not None}
+    units = sum(_tree_cpu_s(pid) for pid in sshd)
+    helpers = 0.0  # live children other than the units' sshd: forkserver (+ its workers), manager
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) not in sshd:
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == os.getpid():
+                helpers += _tree_cpu_s(int(entry.name))
+    own = os.times()
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"console": own.user + own.system + helpers, "clients": kids.ru_utime + kids.ru_stime, "units": units}
+
+
+def cpu_since(sim: Simulator, before: dict[str, float]) -> dict[str, float]:
+    time.sleep(0.5)  # the units' sshd reap their last sessions
+    now = cpu_now(sim)
+    return {k: now[k] - before[k] for k in now}
+
+
+def _cpu_text(cpu: dict[str, float]) -> str:
+    return (f"{sum(cpu.values()):5.1f} CPU-s (console {cpu['console']:.1f}, scp/ssh {cpu['clients']:.1f}, "
+            f"units {cpu['units']:.1f})")
+
+
+class StepTimeline:
+    """Wraps :func:`fleet.unit_update.update_unit` (threads mode) to note when each unit reached
+    each step, seconds since the rollout started: where the wall time goes."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.steps: dict[str, dict[str, float]] = {}
+
+    def __call__(self, *args, on_step=lambda s, d: None, **kwargs):
+        from fleet.unit_update import update_unit
+
+        serial = args[2].serial
+        marks = self.steps.setdefault(serial, {"start": time.perf_counter() - self.t0})
+
+        def noting(step, detail):
+            marks.setdefault(str(step), time.perf_counter() - self.t0)
+            on_step(step, detail)
+
+        return update_unit(*args, on_step=noting, **kwargs)
+
+    def report(self, end_s: float) -> str:
+        def last(step: str) -> float:
+            return max(m.get(step, 0.0) for m in self.steps.values())
+
+        uploads = sorted(m["verify"] - m["upload"] for m in self.steps.values() if "verify" in m and "upload" in m)
+        gates = sorted(m["done"] - m["health_gate"] for m in self.steps.values() if "done" in m)
+        return (f"last upload started {last('upload'):.1f} s, last verify {last('verify'):.1f} s, last restart "
+                f"{last('restart'):.1f} s, last gate passed {last('done'):.1f} s, end {end_s:.1f} s; upload per unit "
+                f"median {statistics.median(uploads):.1f} s; health gate + clean-up per unit median "
+                f"{statistics.median(gates):.1f} s")
 
 
 def scp_all(sim: Simulator, key: Path, payload: Path, parallel: int, cipher: str | None = None) -> float:
@@ -122,7 +208,12 @@ def main() -> None:
             modes = ["threads", "processes"] if args.workers == "both" else [args.workers]
             total_mb = args.units * args.mb
             times: dict[str, float] = {}
+            cpus: dict[str, dict[str, float]] = {}
+            timelines: dict[str, str] = {}
             per_unit: dict[str, tuple[float, float]] = {}
+            before = cpu_now(sim)
+            scp_first = scp_all(sim, tmp / "sim" / "client_key", payload, args.parallel)
+            cpus["scp"] = cpu_since(sim, before)
             for i, mode in enumerate(modes):
                 if i:  # back to the old version, so the next run uploads again
                     reset_units(sim)
@@ -133,10 +224,18 @@ def main() -> None:
                                        max_parallel=args.parallel, health_timeout_s=60, unit_timeout_s=600,
                                        gate={"enabled": False})
                     rid = create_rollout(s, plan, override_reason="benchmark: synthetic weights, not evaluated").id
-                runner = RolloutRunner(sf, connector, install_root=root, poll_s=0.1, workers=mode)
+                timeline = StepTimeline() if mode == "threads" else None
+                runner = RolloutRunner(sf, connector, install_root=root, poll_s=0.1, workers=mode,
+                                       update_unit=timeline)
+                before = cpu_now(sim)
                 start = time.perf_counter()
+                if timeline is not None:
+                    timeline.t0 = start
                 summary = runner.run(rid)
                 times[mode] = time.perf_counter() - start
+                cpus[mode] = cpu_since(sim, before)
+                if timeline is not None:
+                    timelines[mode] = timeline.report(times[mode])
                 with sf() as s:
                     spans = sorted((u.finished_at - u.started_at).total_seconds() for u in s.execute(
                         select(RolloutUnit).where(RolloutUnit.rollout_id == rid)).scalars())
@@ -144,7 +243,8 @@ def main() -> None:
                 if summary.state != "completed" or summary.counts["succeeded"] != args.units:
                     print(f"rollout ({mode}) did not complete: {summary}", file=sys.stderr)
                     sys.exit(1)
-            scp_s = scp_all(sim, tmp / "sim" / "client_key", payload, args.parallel)
+            scp_last = scp_all(sim, tmp / "sim" / "client_key", payload, args.parallel)
+            scp_s = (scp_first + scp_last) / 2
             gcm_s = scp_all(sim, tmp / "sim" / "client_key", payload, args.parallel, "aes128-gcm@openssh.com")
             for mode, engine_s in times.items():
                 print(f"rollout engine ({mode:>9}): {engine_s:6.1f} s  ({total_mb / engine_s:6.1f} MB/s; "
@@ -152,12 +252,18 @@ def main() -> None:
                       "restart + health gate)")
                 print(f"    per unit: median {per_unit[mode][0]:.1f} s, slowest {per_unit[mode][1]:.1f} s "
                       "(connect → clean-up after the health gate)")
-            print(f"scp                       : {scp_s:6.1f} s  ({total_mb / scp_s:6.1f} MB/s; copy only)")
+                print(f"    {_cpu_text(cpus[mode])}")
+                if mode in timelines:
+                    print(f"    {timelines[mode]}")
+            print(f"scp                       : {scp_s:6.1f} s  ({total_mb / scp_s:6.1f} MB/s; copy only; "
+                  f"before the engine {scp_first:.1f} s, after {scp_last:.1f} s)")
+            print(f"    {_cpu_text(cpus['scp'])} (the run before the engine)")
             print(f"scp -c aes128-gcm         : {gcm_s:6.1f} s  ({total_mb / gcm_s:6.1f} MB/s; copy only, the "
                   "engine's cipher)")
             for mode, engine_s in times.items():
                 print(f"ratio engine ({mode})/scp: {engine_s / scp_s:.2f} (target ≤ 1.3); "
-                      f"/ scp -c aes128-gcm: {engine_s / gcm_s:.2f}")
+                      f"/ scp -c aes128-gcm: {engine_s / gcm_s:.2f}; CPU-seconds engine/scp: "
+                      f"{sum(cpus[mode].values()) / sum(cpus['scp'].values()):.2f}")
             engine.dispose()
         finally:
             sim.stop()

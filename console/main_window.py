@@ -106,15 +106,19 @@ class MainWindow(QMainWindow):
         Where window geometry is kept; default ``QSettings("speakerops", "console")``.
     refresh_interval_s
         Fleet page refresh period while visible, seconds.
+    collector_process
+        The console's collector when it runs as a child process (``console.app.CollectorProcess``:
+        ``pid``, ``is_running``, ``exit_status``); its cycles are read from the database.
     """
 
     sig_theme_changed = Signal(str)
 
     def __init__(self, ctx: AppContext, executors: Executors, reporter: ErrorReporter,
                  theme: Theme, *, qsettings: QSettings | None = None,
-                 refresh_interval_s: float = 2.0) -> None:
+                 refresh_interval_s: float = 2.0, collector_process: Any = None) -> None:
         super().__init__()
         self.ctx = ctx
+        self.collector_process = collector_process
         self.executors = executors
         self.reporter = reporter
         self.theme = theme
@@ -309,16 +313,25 @@ class MainWindow(QMainWindow):
     def _on_statuses_loaded(self, rows: list[dict[str, Any]]) -> None:
         if self.ctx.collector is not None or not rows:
             return
+        child = self.collector_process
+        if child is not None:  # this console's own collector, not an older run's row
+            rows = [r for r in rows if str(r["name"]).endswith(f":{child.pid}")]
+            if not rows:
+                return
         row = rows[0]
         cycle = format_local_time(row["last_cycle_at"], zone=True)
+        where = "its own process" if child is not None else "another process"
         self.collector_label.setText(
-            f"Collector {row['name']} (another process): last cycle {cycle} · "
+            f"Collector {row['name']} ({where}): last cycle {cycle} · "
             f"{row['units_polled']:,} polled, {row['units_ok']:,} ok, {row['units_failed']:,} failed")
         warnings = []
         if row["pending_rows"]:
             warnings.append(f"▲ {row['pending_rows']:,} heartbeats pending")
         if row["last_error"]:
             warnings.append(f"▲ {row['last_error']}")
+        if child is not None and not child.is_running:
+            warnings.append(f"▲ The collector process exited (status {child.exit_status}); "
+                            "restart the console to collect again")
         self._set_warning(" · ".join(warnings))
 
     def _set_warning(self, text: str) -> None:
@@ -328,8 +341,16 @@ class MainWindow(QMainWindow):
     def _update_collector_status(self) -> None:
         collector = self.ctx.collector
         if collector is None:
-            if "another process" in self.collector_label.text():
+            child = self.collector_process
+            if child is not None and not child.is_running:
+                self._set_warning(f"▲ The collector process exited (status {child.exit_status}); "
+                                  "restart the console to collect again")
+            if "process):" in self.collector_label.text():
                 return  # the latest row of collector_status is shown
+            if child is not None:
+                self.collector_label.setText(f"Collector: started in its own process (pid {child.pid}) · "
+                                             "waiting for its first cycle")
+                return
             self.collector_label.setText("Collector: not running in this console")
             return
         state = "running" if collector.is_running else "stopped"

@@ -20,3 +20,6 @@ class ConsoleSettings(BaseSettings):
 
     theme: Literal["dark", "light"] = Field("dark", description="initial theme")
     refresh_interval_s: float = Field(2.0, gt=0, description="fleet page refresh period, s")
+    collector: Literal["process", "thread"] = Field(
+        "process", description="where the console's own collector runs: a child process "
+        "(`speakerops collect`), or a thread of the console (benchmarks/gui_stall.py compares them)")

@@ -191,7 +191,7 @@ class StatusDelegate(QStyledItemDelegate):
         style.drawControl(QStyle.ControlElement.CE_ItemViewItem, opt, painter, widget)
         st = status_style(status)
         fm = QFontMetrics(opt.font)
-        text = st.label
+        text = index.data(Qt.ItemDataRole.DisplayRole) or st.label  # e.g. "● online ⇅ flapping"
         width = fm.horizontalAdvance(text) + 16
         height = min(opt.rect.height() - 6, fm.height() + 4)
         rect = QRectF(opt.rect.left() + 4, opt.rect.center().y() - height / 2 + 1, width, height)
@@ -210,7 +210,8 @@ class StatusDelegate(QStyledItemDelegate):
         status = index.data(STATUS_ROLE)
         if status is not None:
             fm = QFontMetrics(option.font)
-            size.setWidth(max(size.width(), fm.horizontalAdvance(status_style(status).label) + 28))
+            text = index.data(Qt.ItemDataRole.DisplayRole) or status_style(status).label
+            size.setWidth(max(size.width(), fm.horizontalAdvance(text) + 28))
         return size
 
 

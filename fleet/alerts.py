@@ -73,8 +73,10 @@ SLO_METRICS: dict[str, timedelta] = {
     "slo_burn_24h": timedelta(hours=24),
 }
 #: Every metric a rule may name. ``error_rate`` = errors / requests over
-#: :data:`ERROR_RATE_WINDOW`; ``offline`` = 1.0 for a unit whose status is ``offline``.
-METRICS: tuple[str, ...] = (*HEARTBEAT_METRICS, "error_rate", "offline", *SLO_METRICS)
+#: :data:`ERROR_RATE_WINDOW`; ``offline`` = 1.0 for a unit whose status is ``offline`` and that is
+#: not flapping (a flapping unit's offline alerts are held back, as Nagios suppresses the
+#: notifications of a flapping host); ``flapping`` = 1.0 for a flapping unit (:mod:`fleet.unit_states`).
+METRICS: tuple[str, ...] = (*HEARTBEAT_METRICS, "error_rate", "offline", "flapping", *SLO_METRICS)
 #: Window of heartbeats behind ``error_rate`` (the fleet table's 15 min, fleet.queries).
 ERROR_RATE_WINDOW = timedelta(minutes=15)
 
@@ -106,6 +108,7 @@ class BuiltinRule:
 #: spent in a day — kept as asked, at ``warning``; ``slo_burn_6h`` is available for a rule.
 BUILTIN_RULES: tuple[BuiltinRule, ...] = (
     BuiltinRule("unit offline", "offline", ">=", 1.0, 0.0, "warning"),
+    BuiltinRule("unit flapping", "flapping", ">=", 1.0, 0.0, "warning"),
     BuiltinRule("hot unit", "temp_c", ">", 75.0, 300.0, "warning"),
     BuiltinRule("noisy room", "mic_noise_dbfs", ">", -40.0, 600.0, "info"),
     BuiltinRule("high error rate", "error_rate", ">", 0.05, 0.0, "warning"),
@@ -216,8 +219,8 @@ def unit_metrics(session: Session, now: datetime) -> pd.DataFrame:
     unit metric of :data:`METRICS` (NaN when unknown), in three queries."""
     units = pd.DataFrame(
         session.execute(select(Unit.id, Unit.serial, Unit.site, Unit.hardware_rev, Unit.tags,
-                               Unit.status)).all(),
-        columns=["id", "serial", "site", "hardware_rev", "tags", "status"])
+                               Unit.status, Unit.flapping)).all(),
+        columns=["id", "serial", "site", "hardware_rev", "tags", "status", "flapping"])
     latest = select(Heartbeat.unit_id, func.max(Heartbeat.id).label("hb_id")).group_by(
         Heartbeat.unit_id).subquery()
     cols = [getattr(Heartbeat, m) for m in HEARTBEAT_METRICS]
@@ -231,7 +234,9 @@ def unit_metrics(session: Session, now: datetime) -> pd.DataFrame:
     req = pd.to_numeric(df["requests"], errors="coerce").astype(float)
     err = pd.to_numeric(df["errors"], errors="coerce").astype(float)
     df["error_rate"] = np.where(req > 0, err / req.where(req > 0, 1.0), np.nan)
-    df["offline"] = (df["status"] == "offline").astype(float)
+    flapping = df["flapping"].eq(True)
+    df["flapping"] = flapping.astype(float)
+    df["offline"] = ((df["status"] == "offline") & ~flapping).astype(float)
     for m in HEARTBEAT_METRICS:
         df[m] = pd.to_numeric(df[m], errors="coerce").astype(float)
     df["tags"] = [list(t or []) for t in df["tags"]]

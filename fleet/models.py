@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from speakerops.db import Base
@@ -62,6 +62,15 @@ class Unit(Base):
     poll_failures: Mapped[int] = mapped_column(default=0)
     #: Unit clock minus collector clock at the last heartbeat, seconds.
     clock_skew_s: Mapped[float | None]
+    #: The last (up to 21) poll observations, oldest first: ``1`` answered, ``0`` did not
+    #: (:mod:`fleet.unit_states`, Nagios' flap-detection window).
+    state_history: Mapped[str] = mapped_column(String(21), default="", server_default="")
+    #: Weighted percent state change over ``state_history``, 0–100 (None before the first poll).
+    state_change_pct: Mapped[float | None]
+    #: The unit is flapping (hysteresis between 25 % and 50 % state change, fleet.unit_states).
+    flapping: Mapped[bool] = mapped_column(default=False, server_default=false())
+    #: When the current flapping began (None when not flapping).
+    flapping_since: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -127,6 +136,34 @@ class CollectorStatus(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
+#: Scopes an offline policy can name, most specific last (``fleet.unit_states``).
+OFFLINE_POLICY_SCOPES: tuple[str, ...] = ("site", "hardware_rev", "tag", "unit")
+
+
+class OfflinePolicy(Base):
+    """A group's own offline threshold (Mender MEN-4798), e.g. lab units switched off at night.
+
+    ``scope_kind`` is one of :data:`OFFLINE_POLICY_SCOPES`, ``scope_value`` the site, hardware
+    revision, tag or unit serial. For a unit the most specific policy wins (unit > tag > site =
+    hardware_rev; ties: the longest threshold); without one, the collector's default
+    (1.5 × the poll interval) applies.
+    """
+
+    __tablename__ = "offline_policies"
+    __table_args__ = (UniqueConstraint("scope_kind", "scope_value"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scope_kind: Mapped[str] = mapped_column(String(16))
+    scope_value: Mapped[str] = mapped_column(String(128))
+    #: Seconds without a heartbeat after which a unit in the scope is offline.
+    offline_after_s: Mapped[float]
+    note: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    updated_by: Mapped[str | None] = mapped_column(String(128))
+    updated_at: Mapped[datetime | None]
+
+
 #: Upper edges (ms) of the latency histogram buckets kept in rollups; the last bucket is open.
 #: Log-spaced from 25 ms to 20 s so that p50/p95/p99 of any stage come back within ~12 % —
 #: percentiles over minutes and hours cannot be computed from averages.
@@ -176,6 +213,48 @@ class UnitRollup1h(_RollupColumns, Base):
     """A unit's heartbeats summarized per hour (kept one year)."""
 
     __tablename__ = "unit_rollups_1h"
+
+
+class CohortRollup1m(Base):
+    """The heartbeats of one cohort summarized per minute (kept 30 days, ``fleet.rollups``).
+
+    A cohort is the units sharing site, hardware revision, firmware and model versions in that
+    minute: versions as the heartbeats reported them (the unit's inventory where a heartbeat
+    names none), site and hardware revision from the unit. ``""`` stands for "not known".
+    The figures are those of :class:`UnitRollup1m` summed over the cohort: counts and
+    histograms summed, means weighted by heartbeats, max/min over the units.
+    """
+
+    __tablename__ = "cohort_rollups_1m"
+
+    #: Start of the minute (aware UTC).
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
+    site: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hardware_rev: Mapped[str] = mapped_column(String(32), primary_key=True)
+    firmware_version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    stt_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    qa_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tts_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: Distinct units that sent a heartbeat in the minute.
+    units: Mapped[int]
+    heartbeats: Mapped[int]
+    cpu_pct_avg: Mapped[float | None]
+    cpu_pct_max: Mapped[float | None]
+    temp_c_avg: Mapped[float | None]
+    temp_c_max: Mapped[float | None]
+    mem_pct_avg: Mapped[float | None]
+    disk_free_mb_min: Mapped[float | None]
+    mic_noise_dbfs_avg: Mapped[float | None]
+    wifi_rssi_dbm_avg: Mapped[float | None]
+    wake_false_accepts_per_h_avg: Mapped[float | None]
+    requests: Mapped[int]
+    errors: Mapped[int]
+    reboots: Mapped[int] = mapped_column(default=0)
+    e2e_over_budget: Mapped[int] = mapped_column(default=0)
+    server_over_budget: Mapped[int] = mapped_column(default=0)
+    #: As :attr:`_RollupColumns.latency_hist`, summed over the cohort's units.
+    latency_hist: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    latency_sum_ms: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class RollupWatermark(Base):

@@ -16,6 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleet.models import STAGES, UNIT_STATES, CollectorStatus, Heartbeat, Unit
+from fleet.settings import CollectorSettings
+from fleet.unit_states import effective_thresholds, load_policy_index
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +26,8 @@ SNAPSHOT_COLUMNS: tuple[str, ...] = (
     "serial", "status", "site", "region", "hardware_rev", "firmware_version",
     "stt_version", "qa_version", "tts_version", "last_heartbeat_at",
     "cpu_pct", "temp_c", "mem_pct", "disk_free_mb", "mic_noise_dbfs", "wifi_rssi_dbm",
-    "wake_false_accepts_per_h", "requests", "errors", "e2e_p95_ms", "last_poll_error", "id",
+    "wake_false_accepts_per_h", "requests", "errors", "e2e_p95_ms", "flapping", "state_change_pct",
+    "offline_after_s", "last_poll_error", "id",
 )
 
 
@@ -42,7 +45,8 @@ def _e2e_ms(latency_ms: dict | None) -> list[float]:
 SNAPSHOT_WINDOW = timedelta(minutes=15)
 
 
-def fleet_snapshot(session: Session, now: datetime, window: timedelta = SNAPSHOT_WINDOW) -> pd.DataFrame:
+def fleet_snapshot(session: Session, now: datetime, window: timedelta = SNAPSHOT_WINDOW,
+                   default_offline_after_s: float | None = None) -> pd.DataFrame:
     """One row per unit with its inventory, state, latest health figures and request figures.
 
     Parameters
@@ -51,6 +55,9 @@ def fleet_snapshot(session: Session, now: datetime, window: timedelta = SNAPSHOT
         Aware UTC time the window ends at (the caller's clock).
     window
         Span of heartbeats behind ``requests``, ``errors`` and ``e2e_p95_ms``.
+    default_offline_after_s
+        The fleet's offline threshold, seconds; None: ``CollectorSettings().offline_after_s``
+        (1.5 × the poll interval).
 
     Returns
     -------
@@ -58,7 +65,11 @@ def fleet_snapshot(session: Session, now: datetime, window: timedelta = SNAPSHOT
         Columns :data:`SNAPSHOT_COLUMNS`, sorted by serial. Health figures (``cpu_pct`` …) are
         the latest heartbeat's, NaN for a unit never heard from. ``requests`` and ``errors`` are
         sums over ``window``; ``e2e_p95_ms`` is the 95th percentile end-to-end latency (sum of
-        the six stages) of the requests in ``window``, ms, NaN without requests.
+        the six stages) of the requests in ``window``, ms, NaN without requests. ``flapping``
+        (bool) and ``state_change_pct`` (weighted percent state change of the last 21 polls,
+        0–100, NaN before the first poll) come from flap detection; ``offline_after_s`` is the
+        unit's effective offline threshold, seconds (its most specific offline policy, else the
+        default) — all :mod:`fleet.unit_states`.
     """
     latest = (
         select(Heartbeat.unit_id, func.max(Heartbeat.id).label("hb_id"))
@@ -69,7 +80,7 @@ def fleet_snapshot(session: Session, now: datetime, window: timedelta = SNAPSHOT
         select(
             Unit.id, Unit.serial, Unit.status, Unit.site, Unit.region, Unit.hardware_rev,
             Unit.firmware_version, Unit.stt_version, Unit.qa_version, Unit.tts_version,
-            Unit.last_heartbeat_at, Unit.last_poll_error,
+            Unit.last_heartbeat_at, Unit.last_poll_error, Unit.flapping, Unit.state_change_pct, Unit.tags,
             Heartbeat.cpu_pct, Heartbeat.temp_c, Heartbeat.mem_pct, Heartbeat.disk_free_mb,
             Heartbeat.mic_noise_dbfs, Heartbeat.wifi_rssi_dbm, Heartbeat.wake_false_accepts_per_h,
         )
@@ -78,7 +89,15 @@ def fleet_snapshot(session: Session, now: datetime, window: timedelta = SNAPSHOT
         .order_by(Unit.serial)
     )
     df = pd.DataFrame([dict(r) for r in session.execute(stmt).mappings()],
-                      columns=[c for c in SNAPSHOT_COLUMNS if c not in ("requests", "errors", "e2e_p95_ms")])
+                      columns=[c for c in SNAPSHOT_COLUMNS if c not in ("requests", "errors", "e2e_p95_ms",
+                                                                         "offline_after_s")] + ["tags"])
+    if default_offline_after_s is None:
+        default_offline_after_s = CollectorSettings().offline_after_s
+    df["offline_after_s"] = effective_thresholds(
+        load_policy_index(session), df["serial"].tolist(), df["site"].tolist(), df["hardware_rev"].tolist(),
+        df["tags"].tolist(), default_offline_after_s)
+    df["flapping"] = df["flapping"].eq(True).to_numpy(dtype=bool)
+    df["state_change_pct"] = pd.to_numeric(df["state_change_pct"], errors="coerce").astype(float)
 
     requests: dict[int, int] = {}
     errors: dict[int, int] = {}

@@ -1,10 +1,38 @@
-"""Heartbeat rollups (1 minute, 1 hour) and retention of raw heartbeats and rollups.
+"""Heartbeat rollups (per unit and per cohort) and the retention that keeps the database bounded.
 
 Raw heartbeats (one row per unit every ~10 s) are summarized per unit per minute into
-:class:`fleet.models.UnitRollup1m`, and those minutes per hour into
-:class:`fleet.models.UnitRollup1h`. Latencies are kept as histograms over
-:data:`fleet.models.LATENCY_EDGES_MS` so that percentiles over any span can be read back
-(percentiles cannot be averaged). :func:`prune` then deletes what is past its retention.
+:class:`fleet.models.UnitRollup1m`, per cohort per minute into
+:class:`fleet.models.CohortRollup1m` (units sharing site, hardware revision, firmware and model
+versions), and per-unit minutes per hour into :class:`fleet.models.UnitRollup1h`. Latencies
+are kept as histograms over :data:`fleet.models.LATENCY_EDGES_MS` so that percentiles over any
+span can be read back (percentiles cannot be averaged). :func:`prune` then deletes what is past
+its retention.
+
+Retention (issue #4: raw 24 h, 1-minute rollups 30 days, 1-hour rollups a year, a database
+that stays bounded, 10,000 units on one workstation):
+
+=====================  =========  ==========================================================
+tier                   kept       read by
+=====================  =========  ==========================================================
+raw heartbeats         24 h       the part not yet rolled up; exact figures of the last day
+per-unit minutes       48 h       per-unit "last hour / day" charts, SLO windows <= 1 day,
+                                  tag cohorts, the rollout voice-quality gate
+cohort minutes         30 days    the Service flow page over a chosen window and cohort,
+                                  the fleet's peak request rate (capacity)
+per-unit hours         1 year     per-unit month charts, the 30-day SLO window
+=====================  =========  ==========================================================
+
+Why per-unit minutes are not kept 30 days: at 10,000 units that is 432 M rows (30 d x 1,440
+min x 10,000), ~1.2 KB each with the latency histograms and indexes on SQLite
+(``benchmarks/db_size_week.py``), ~530 GB: not bounded in any useful sense. Nothing reads
+one unit's minutes older than a day (a unit's month view reads hours), so they are kept 48 h
+(a day of charts plus a day of slack for a stalled hour rollup); fleet and cohort minutes,
+which the Service flow page does read over 30 days, come from ``cohort_rollups_1m``, whose
+size grows with the number of cohorts (tens to a few hundred), not units. Projected for
+10,000 units in 40 cohorts: raw and per-unit minutes level off at ~65 GB after two days;
+cohort minutes add 2.5 GB by day 30 and per-unit hours 127 GB by a year (78 GB at 30 days,
+195 GB at a year, against 569 GB at 30 days with per-unit minutes kept 30 days). Measured
+sizes per row and the PostgreSQL figures: docs/monitoring.md, "Retention".
 
 Service functions: they take a ``Session`` and never commit; the caller's unit of work does.
 No Qt here; the console and the CLI call these off the GUI thread.
@@ -25,7 +53,7 @@ from sqlalchemy import Select, String, cast, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from fleet.models import (
-    LATENCY_EDGES_MS, STAGES, Heartbeat, RollupWatermark, Unit, UnitRollup1h, UnitRollup1m,
+    LATENCY_EDGES_MS, STAGES, CohortRollup1m, Heartbeat, RollupWatermark, Unit, UnitRollup1h, UnitRollup1m,
 )
 
 logger = logging.getLogger(__name__)
@@ -57,11 +85,24 @@ CHUNK_1M = timedelta(hours=1)
 #: Largest span of 1-minute rows read in one query when rolling hours.
 CHUNK_1H = timedelta(hours=6)
 
-#: Retention defaults, from issue #4: raw heartbeats 24 h, 1-minute rollups 30 days,
-#: 1-hour rollups one year.
+#: Retention defaults (module docstring). Raw heartbeats 24 h (issue #4).
 RAW_KEEP = timedelta(hours=24)
-MINUTE_KEEP = timedelta(days=30)
+#: Per-unit minutes: 48 h, the per-unit "last day" charts and SLO windows up to a day plus a
+#: day of slack (issue #4's 30 days would be 432 M rows at 10,000 units; module docstring).
+UNIT_MINUTE_KEEP = timedelta(hours=48)
+#: Cohort minutes: 30 days (issue #4's "1-minute rollups for 30 days").
+COHORT_MINUTE_KEEP = timedelta(days=30)
+#: Issue #4's 1-minute retention, kept by the cohort tier.
+MINUTE_KEEP = COHORT_MINUTE_KEEP
+#: Per-unit hours: one year (issue #4).
 HOUR_KEEP = timedelta(days=365)
+
+#: Columns that name a cohort in ``cohort_rollups_1m`` (the fields of :class:`Cohort` but ``tag``).
+COHORT_KEY: tuple[str, ...] = ("site", "hardware_rev", "firmware_version", "stt_version", "qa_version",
+                               "tts_version")
+#: Watermark level: cohort minutes are complete from this minute on (older per-unit minutes,
+#: rolled up before migration 0010, are still being copied; see :func:`compute_rollups`).
+_COHORT_FROM = "c1m_from"
 
 _MEAN_FIGURES = ("cpu_pct", "temp_c", "mem_pct", "mic_noise_dbfs", "wifi_rssi_dbm",
                  "wake_false_accepts_per_h")
@@ -78,10 +119,13 @@ class RollupResult:
         ``UnitRollup1m`` rows inserted (unit × minute).
     hours_written
         ``UnitRollup1h`` rows inserted (unit × hour).
+    cohort_minutes_written
+        ``CohortRollup1m`` rows inserted (cohort × minute), backfilled ones included.
     """
 
     minutes_written: int
     hours_written: int
+    cohort_minutes_written: int = 0
 
 
 # -- histograms -----------------------------------------------------------------------------------
@@ -214,17 +258,72 @@ def _latency_arrays(latencies: Sequence[dict | None]) -> dict[str, tuple[np.ndar
     return out
 
 
-def _rollup_minutes(session: Session, start: datetime, end: datetime) -> int:
-    """Roll raw heartbeats of [start, end) (minute-aligned) into 1-minute rows; returns rows written."""
-    session.execute(delete(UnitRollup1m).where(UnitRollup1m.bucket_start >= start,
-                                               UnitRollup1m.bucket_start < end))
-    cols = [Heartbeat.unit_id, Heartbeat.received_at, Heartbeat.uptime_s, Heartbeat.cpu_pct, Heartbeat.temp_c,
-            Heartbeat.mem_pct, Heartbeat.disk_free_mb, Heartbeat.mic_noise_dbfs, Heartbeat.wifi_rssi_dbm,
-            Heartbeat.wake_false_accepts_per_h, Heartbeat.requests, Heartbeat.errors, Heartbeat.latency_ms]
-    rows = session.execute(select(*cols).where(Heartbeat.received_at >= start, Heartbeat.received_at < end)).all()
+def _group(df: pd.DataFrame, cols: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Distinct ``cols`` of ``df`` (sorted, index = group number) and each row's group number."""
+    grouped = df.groupby(cols, sort=True)
+    keys = grouped.size().reset_index()[cols]
+    return keys, grouped.ngroup().to_numpy()
+
+
+def _aggregate_heartbeats(df: pd.DataFrame, g: np.ndarray, n_groups: int,
+                          latencies: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[pd.DataFrame, ...]:
+    """Figures, histograms, latency sums and over-budget counts of heartbeats grouped by ``g``."""
+    agg = df.groupby(g, sort=True).agg(
+        heartbeats=("t", "size"), cpu_pct_avg=("cpu_pct", "mean"), cpu_pct_max=("cpu_pct", "max"),
+        temp_c_avg=("temp_c", "mean"), temp_c_max=("temp_c", "max"), mem_pct_avg=("mem_pct", "mean"),
+        disk_free_mb_min=("disk_free_mb", "min"), mic_noise_dbfs_avg=("mic_noise_dbfs", "mean"),
+        wifi_rssi_dbm_avg=("wifi_rssi_dbm", "mean"),
+        wake_false_accepts_per_h_avg=("wake_false_accepts_per_h", "mean"),
+        requests=("requests", "sum"), errors=("errors", "sum"), reboots=("reboot", "sum"),
+    )
+    hists: dict[str, np.ndarray] = {}
+    sums: dict[str, np.ndarray] = {}
+    over = {"e2e": np.zeros(n_groups, dtype=np.int64), "server": np.zeros(n_groups, dtype=np.int64)}
+    for stage, (hb_idx, values) in latencies.items():
+        if not len(values):
+            continue
+        grp = g[hb_idx]
+        flat = grp * N_BUCKETS + bucket_index(values)
+        hists[stage] = np.bincount(flat, minlength=n_groups * N_BUCKETS).reshape(n_groups, N_BUCKETS)
+        sums[stage] = np.bincount(grp, weights=values, minlength=n_groups)
+        if stage in over:
+            budget = E2E_BUDGET_MS if stage == "e2e" else SERVER_BUDGET_MS
+            over[stage] = np.bincount(grp, weights=(values > budget).astype(float), minlength=n_groups).astype(np.int64)
+    return agg, hists, sums, over
+
+
+def _with_cohort_key(session: Session, df: pd.DataFrame, unit_ids: Select) -> pd.DataFrame:
+    """``df`` (rows with ``unit_id``) with the :data:`COHORT_KEY` columns: site and hardware
+    revision from the unit, versions from the row's own ``*_version`` columns where set and the
+    unit's inventory otherwise; ``""`` where neither knows."""
+    inv = pd.DataFrame(session.execute(select(Unit.id, *(getattr(Unit, c) for c in COHORT_KEY))
+                                       .where(Unit.id.in_(unit_ids))).all(), columns=["unit_id", *COHORT_KEY])
+    inv = inv.set_index("unit_id")
+    for col in COHORT_KEY:
+        from_unit = df["unit_id"].map(inv[col])
+        value = df[col].where(df[col].notna() & (df[col] != ""), from_unit) if col in df else from_unit
+        df[col] = value.fillna("").astype(str)
+    return df
+
+
+_HEARTBEAT_COLUMNS = (
+    Heartbeat.unit_id, Heartbeat.received_at, Heartbeat.uptime_s, Heartbeat.cpu_pct, Heartbeat.temp_c,
+    Heartbeat.mem_pct, Heartbeat.disk_free_mb, Heartbeat.mic_noise_dbfs, Heartbeat.wifi_rssi_dbm,
+    Heartbeat.wake_false_accepts_per_h, Heartbeat.requests, Heartbeat.errors, Heartbeat.latency_ms,
+    Heartbeat.stt_version, Heartbeat.qa_version, Heartbeat.tts_version,
+)
+
+
+def _rollup_minutes(session: Session, start: datetime, end: datetime) -> tuple[int, int]:
+    """Roll raw heartbeats of [start, end) (minute-aligned) into per-unit and per-cohort 1-minute
+    rows; returns (unit rows, cohort rows) written."""
+    for model in (UnitRollup1m, CohortRollup1m):
+        session.execute(delete(model).where(model.bucket_start >= start, model.bucket_start < end))
+    in_window = (Heartbeat.received_at >= start, Heartbeat.received_at < end)
+    rows = session.execute(select(*_HEARTBEAT_COLUMNS).where(*in_window)).all()
     if not rows:
-        return 0
-    df = pd.DataFrame(rows, columns=[c.key for c in cols])
+        return 0, 0
+    df = pd.DataFrame(rows, columns=[c.key for c in _HEARTBEAT_COLUMNS])
     df["t"] = _epoch_s(df["received_at"])
     df["bucket"] = df["t"] // 60 * 60
     # the previous heartbeat of each unit before the window, for a reboot on its first heartbeat
@@ -245,43 +344,25 @@ def _rollup_minutes(session: Session, start: datetime, end: datetime) -> int:
     reboot[allhb["orig"].to_numpy()[mine]] = dec[mine]
     df["reboot"] = reboot
 
-    keys = df[["unit_id", "bucket"]].drop_duplicates().sort_values(["unit_id", "bucket"]).reset_index(drop=True)
-    keys["g"] = np.arange(len(keys))
-    df = df.merge(keys, on=["unit_id", "bucket"], how="left")  # merge keeps the left order
-    g = df["g"].to_numpy()
-    n_groups = len(keys)
-    grouped = df.groupby("g", sort=True)
-    agg = grouped.agg(
-        heartbeats=("t", "size"), cpu_pct_avg=("cpu_pct", "mean"), cpu_pct_max=("cpu_pct", "max"),
-        temp_c_avg=("temp_c", "mean"), temp_c_max=("temp_c", "max"), mem_pct_avg=("mem_pct", "mean"),
-        disk_free_mb_min=("disk_free_mb", "min"), mic_noise_dbfs_avg=("mic_noise_dbfs", "mean"),
-        wifi_rssi_dbm_avg=("wifi_rssi_dbm", "mean"),
-        wake_false_accepts_per_h_avg=("wake_false_accepts_per_h", "mean"),
-        requests=("requests", "sum"), errors=("errors", "sum"), reboots=("reboot", "sum"),
-    )
-    hists: dict[str, np.ndarray] = {}
-    sums: dict[str, np.ndarray] = {}
-    over = {"e2e": np.zeros(n_groups, dtype=np.int64), "server": np.zeros(n_groups, dtype=np.int64)}
-    for stage, (hb_idx, values) in _latency_arrays(df["latency_ms"].tolist()).items():
-        if not len(values):
-            continue
-        grp = g[hb_idx]
-        flat = grp * N_BUCKETS + bucket_index(values)
-        hists[stage] = np.bincount(flat, minlength=n_groups * N_BUCKETS).reshape(n_groups, N_BUCKETS)
-        sums[stage] = np.bincount(grp, weights=values, minlength=n_groups)
-        if stage in over:
-            budget = E2E_BUDGET_MS if stage == "e2e" else SERVER_BUDGET_MS
-            over[stage] = np.bincount(grp, weights=(values > budget).astype(float), minlength=n_groups).astype(np.int64)
-    _insert_rows(session, UnitRollup1m, keys, agg, hists, sums, over)
-    return n_groups
+    latencies = _latency_arrays(df["latency_ms"].tolist())  # once, for both groupings
+    keys, g = _group(df, ["unit_id", "bucket"])
+    _insert_rows(session, UnitRollup1m, keys, *_aggregate_heartbeats(df, g, len(keys), latencies))
+    _with_cohort_key(session, df, select(Heartbeat.unit_id).where(*in_window).distinct())
+    ckeys, cg = _group(df, ["bucket", *COHORT_KEY])
+    agg, hists, sums, over = _aggregate_heartbeats(df, cg, len(ckeys), latencies)
+    agg["units"] = df.groupby(cg, sort=True)["unit_id"].nunique()
+    _insert_rows(session, CohortRollup1m, ckeys, agg, hists, sums, over)
+    return len(keys), len(ckeys)
 
 
 def _insert_rows(session: Session, model: type, keys: pd.DataFrame, agg: pd.DataFrame,
                  hists: dict[str, np.ndarray], sums: dict[str, np.ndarray], over: dict[str, np.ndarray]) -> None:
-    """Insert one rollup row per group ``g`` (stages without samples are left out of the JSON)."""
+    """Insert one rollup row per group (row ``i`` of ``keys`` and of each figure): the key
+    columns of ``keys`` (``bucket`` as ``bucket_start``); stages without samples are left out
+    of the JSON."""
     figures = [c for c in agg.columns]
     recs = agg[figures].astype(object).where(agg[figures].notna(), None).to_dict("records")
-    unit_ids = keys["unit_id"].to_numpy()
+    key_recs = keys.drop(columns="bucket").to_dict("records")
     buckets = keys["bucket"].to_numpy()
     has = {s: h.sum(axis=1) > 0 for s, h in hists.items()}
     out = []
@@ -289,7 +370,7 @@ def _insert_rows(session: Session, model: type, keys: pd.DataFrame, agg: pd.Data
         hist = {s: h[i].tolist() for s, h in hists.items() if has[s][i]}
         row = {k: _cast(k, v) for k, v in rec.items()}
         row.update(
-            unit_id=int(unit_ids[i]), bucket_start=_to_dt(buckets[i]),
+            key_recs[i], bucket_start=_to_dt(buckets[i]),
             e2e_over_budget=int(over["e2e"][i]), server_over_budget=int(over["server"][i]),
             latency_hist=hist, latency_sum_ms={s: round(float(sums[s][i]), 3) for s in hist},
         )
@@ -298,7 +379,7 @@ def _insert_rows(session: Session, model: type, keys: pd.DataFrame, agg: pd.Data
         session.execute(insert(model), out[j:j + 5000])
 
 
-_INT_FIGURES = frozenset({"heartbeats", "requests", "errors", "reboots"})
+_INT_FIGURES = frozenset({"heartbeats", "requests", "errors", "reboots", "units"})
 
 
 def _cast(key: str, value: Any) -> Any:
@@ -307,24 +388,15 @@ def _cast(key: str, value: Any) -> Any:
     return int(value) if key in _INT_FIGURES else _nan_none(float(value))
 
 
-def _rollup_hours(session: Session, start: datetime, end: datetime) -> int:
-    """Roll 1-minute rows of [start, end) (hour-aligned) into 1-hour rows; returns rows written."""
-    session.execute(delete(UnitRollup1h).where(UnitRollup1h.bucket_start >= start, UnitRollup1h.bucket_start < end))
-    m = UnitRollup1m
-    cols = [m.unit_id, m.bucket_start, m.heartbeats, m.cpu_pct_avg, m.cpu_pct_max, m.temp_c_avg, m.temp_c_max,
-            m.mem_pct_avg, m.disk_free_mb_min, m.mic_noise_dbfs_avg, m.wifi_rssi_dbm_avg,
-            m.wake_false_accepts_per_h_avg, m.requests, m.errors, m.reboots, m.e2e_over_budget,
-            m.server_over_budget, m.latency_hist, m.latency_sum_ms]
-    rows = session.execute(select(*cols).where(m.bucket_start >= start, m.bucket_start < end)).all()
-    if not rows:
-        return 0
-    df = pd.DataFrame(rows, columns=[c.key for c in cols])
-    df["bucket"] = _epoch_s(df["bucket_start"]) // 3600 * 3600
-    keys = df[["unit_id", "bucket"]].drop_duplicates().sort_values(["unit_id", "bucket"]).reset_index(drop=True)
-    keys["g"] = np.arange(len(keys))
-    df = df.merge(keys, on=["unit_id", "bucket"], how="left")
-    g = df["g"].to_numpy()
-    n_groups = len(keys)
+_MINUTE_FIGURES = ("heartbeats", "cpu_pct_avg", "cpu_pct_max", "temp_c_avg", "temp_c_max", "mem_pct_avg",
+                   "disk_free_mb_min", "mic_noise_dbfs_avg", "wifi_rssi_dbm_avg", "wake_false_accepts_per_h_avg",
+                   "requests", "errors", "reboots", "e2e_over_budget", "server_over_budget", "latency_hist",
+                   "latency_sum_ms")
+
+
+def _combine_minutes(df: pd.DataFrame, g: np.ndarray, n_groups: int) -> tuple[pd.DataFrame, ...]:
+    """Per-unit 1-minute rows (columns :data:`_MINUTE_FIGURES`) combined by group ``g``: counts
+    and histograms summed, means weighted by heartbeats, max/min over the rows."""
     w = df["heartbeats"].astype(float)
     wmean = {}
     for col in ("cpu_pct_avg", "temp_c_avg", "mem_pct_avg", "mic_noise_dbfs_avg", "wifi_rssi_dbm_avg",
@@ -337,7 +409,7 @@ def _rollup_hours(session: Session, start: datetime, end: datetime) -> int:
             wmean[col] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
     for col in ("cpu_pct_max", "temp_c_max", "disk_free_mb_min"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
-    grouped = df.groupby("g", sort=True)
+    grouped = df.groupby(g, sort=True)
     agg = grouped.agg(heartbeats=("heartbeats", "sum"), cpu_pct_max=("cpu_pct_max", "max"),
                       temp_c_max=("temp_c_max", "max"), disk_free_mb_min=("disk_free_mb_min", "min"),
                       requests=("requests", "sum"), errors=("errors", "sum"), reboots=("reboots", "sum"))
@@ -345,8 +417,45 @@ def _rollup_hours(session: Session, start: datetime, end: datetime) -> int:
         agg[col] = v
     over = {"e2e": grouped["e2e_over_budget"].sum().to_numpy(), "server": grouped["server_over_budget"].sum().to_numpy()}
     hists, sums = _sum_hists(df["latency_hist"].tolist(), df["latency_sum_ms"].tolist(), g, n_groups)
-    _insert_rows(session, UnitRollup1h, keys, agg, hists, sums, over)
-    return n_groups
+    return agg, hists, sums, over
+
+
+def _read_minutes(session: Session, start: datetime, end: datetime) -> pd.DataFrame:
+    m = UnitRollup1m
+    cols = [m.unit_id, m.bucket_start, *(getattr(m, c) for c in _MINUTE_FIGURES)]
+    rows = session.execute(select(*cols).where(m.bucket_start >= start, m.bucket_start < end)).all()
+    return pd.DataFrame(rows, columns=[c.key for c in cols])
+
+
+def _rollup_hours(session: Session, start: datetime, end: datetime) -> int:
+    """Roll 1-minute rows of [start, end) (hour-aligned) into 1-hour rows; returns rows written."""
+    session.execute(delete(UnitRollup1h).where(UnitRollup1h.bucket_start >= start, UnitRollup1h.bucket_start < end))
+    df = _read_minutes(session, start, end)
+    if df.empty:
+        return 0
+    df["bucket"] = _epoch_s(df["bucket_start"]) // 3600 * 3600
+    keys, g = _group(df, ["unit_id", "bucket"])
+    _insert_rows(session, UnitRollup1h, keys, *_combine_minutes(df, g, len(keys)))
+    return len(keys)
+
+
+def _backfill_cohort_minutes(session: Session, start: datetime, end: datetime) -> int:
+    """Cohort rows of [start, end) from the per-unit 1-minute rows (for minutes rolled up before
+    migration 0010); versions from the units' current inventory, as those rows do not keep
+    them. Returns rows written."""
+    session.execute(delete(CohortRollup1m).where(CohortRollup1m.bucket_start >= start,
+                                                 CohortRollup1m.bucket_start < end))
+    df = _read_minutes(session, start, end)
+    if df.empty:
+        return 0
+    df["bucket"] = _epoch_s(df["bucket_start"])
+    ids = select(UnitRollup1m.unit_id).where(UnitRollup1m.bucket_start >= start, UnitRollup1m.bucket_start < end)
+    _with_cohort_key(session, df, ids.distinct())
+    keys, g = _group(df, ["bucket", *COHORT_KEY])
+    agg, hists, sums, over = _combine_minutes(df, g, len(keys))
+    agg["units"] = df.groupby(g, sort=True)["unit_id"].nunique()
+    _insert_rows(session, CohortRollup1m, keys, agg, hists, sums, over)
+    return len(keys)
 
 
 def _sum_hists(hist_json: Sequence[dict | None], sum_json: Sequence[dict | None], g: np.ndarray,
@@ -367,14 +476,48 @@ def _sum_hists(hist_json: Sequence[dict | None], sum_json: Sequence[dict | None]
     return hists, sums
 
 
+def _backfill_pending(session: Session) -> bool:
+    """Per-unit minutes older than the cohort tier's start (:data:`_COHORT_FROM`) still wait to
+    be copied into ``cohort_rollups_1m``."""
+    cohort_from = _watermark(session, _COHORT_FROM)
+    oldest = session.scalar(select(func.min(UnitRollup1m.bucket_start)))
+    return oldest is not None and (cohort_from is None or oldest < cohort_from)
+
+
+def _backfill_step(session: Session) -> int:
+    """Copy one :data:`CHUNK_1H` of per-unit minutes older than the cohort tier's start into
+    cohort rows, newest first, and move the start back; returns cohort rows written."""
+    cohort_from = _watermark(session, _COHORT_FROM) or _watermark(session, "1m")
+    if cohort_from is None:
+        return 0
+    older = UnitRollup1m.bucket_start < cohort_from
+    oldest, newest = session.execute(select(func.min(UnitRollup1m.bucket_start),
+                                            func.max(UnitRollup1m.bucket_start)).where(older)).one()
+    if oldest is None:
+        return 0
+    end = min(cohort_from, _floor(newest, timedelta(minutes=1)) + timedelta(minutes=1))  # skip a gap
+    start = max(_floor(oldest, timedelta(minutes=1)), end - CHUNK_1H)
+    written = _backfill_cohort_minutes(session, start, end)
+    _set_watermark(session, _COHORT_FROM, start)
+    logger.info("cohort rollups: backfilled %d rows from per-unit minutes of %s to %s", written, start, end)
+    return written
+
+
 def compute_rollups(session: Session, now: datetime) -> RollupResult:
-    """Roll complete minutes of raw heartbeats into 1-minute rows, and complete hours into 1-hour rows.
+    """Roll complete minutes of raw heartbeats into per-unit and per-cohort 1-minute rows, and
+    complete hours into per-unit 1-hour rows.
 
     Incremental: each level resumes at its :class:`fleet.models.RollupWatermark` (the first run
     starts at the oldest heartbeat's minute, resp. the oldest 1-minute row's hour) and stops at
     the last bucket that ended at least :data:`GRACE` (30 s) before ``now``; an hour is rolled
-    once all its minutes are. Idempotent: the buckets being written are deleted first, so a
-    re-run never double counts. Runs in the caller's transaction; never commits.
+    once all its minutes are. The per-unit and cohort minute rows come from the same heartbeats
+    in one pass and share the ``1m`` watermark. Idempotent: the buckets being written are
+    deleted first, so a re-run never double counts. Runs in the caller's transaction; never
+    commits.
+
+    Per-unit minutes rolled up before the cohort tier existed (a database upgraded past
+    migration 0010) are copied into cohort rows, newest first, :data:`CHUNK_1H` per call, so
+    that :func:`prune` does not drop their 30 days of fleet minutes.
 
     Parameters
     ----------
@@ -394,6 +537,7 @@ def compute_rollups(session: Session, now: datetime) -> RollupResult:
     the grace) is not rolled up; ``prune`` later deletes it with the other raw rows.
     """
     limit_1m = _floor(now - GRACE, timedelta(minutes=1))
+    cohorts = _backfill_step(session)
     wm = _watermark(session, "1m")
     if wm is None:
         oldest = session.scalar(select(func.min(Heartbeat.received_at)))
@@ -403,10 +547,14 @@ def compute_rollups(session: Session, now: datetime) -> RollupResult:
         start = wm
         while start < limit_1m:
             stop = min(start + CHUNK_1M, limit_1m)
-            minutes += _rollup_minutes(session, start, stop)
+            unit_rows, cohort_rows = _rollup_minutes(session, start, stop)
+            minutes += unit_rows
+            cohorts += cohort_rows
             start = stop
         _set_watermark(session, "1m", limit_1m)
-        wm = limit_1m
+        cohort_from = _watermark(session, _COHORT_FROM)
+        if cohort_from is None or wm < cohort_from:
+            _set_watermark(session, _COHORT_FROM, wm)
 
     hours = 0
     wm_1m = _watermark(session, "1m")
@@ -423,14 +571,16 @@ def compute_rollups(session: Session, now: datetime) -> RollupResult:
                 hours += _rollup_hours(session, start, stop)
                 start = stop
             _set_watermark(session, "1h", limit_1h)
-    logger.info("rollups: %d minute rows, %d hour rows written", minutes, hours)
-    return RollupResult(minutes, hours)
+    logger.info("rollups: %d unit minute rows, %d cohort minute rows, %d unit hour rows written",
+                minutes, cohorts, hours)
+    return RollupResult(minutes, hours, cohorts)
 
 
 # -- retention ------------------------------------------------------------------------------------
-def prune(session: Session, now: datetime, *, raw_keep: timedelta = RAW_KEEP, minute_keep: timedelta = MINUTE_KEEP,
+def prune(session: Session, now: datetime, *, raw_keep: timedelta = RAW_KEEP,
+          unit_minute_keep: timedelta = UNIT_MINUTE_KEEP, cohort_minute_keep: timedelta = COHORT_MINUTE_KEEP,
           hour_keep: timedelta = HOUR_KEEP) -> dict[str, int]:
-    """Delete raw heartbeats and rollups past their retention.
+    """Delete raw heartbeats and rollups past their retention (module docstring: why these).
 
     Parameters
     ----------
@@ -439,28 +589,46 @@ def prune(session: Session, now: datetime, *, raw_keep: timedelta = RAW_KEEP, mi
     raw_keep
         Keep heartbeats whose ``received_at`` is within this of ``now`` (default 24 h, issue #4).
         Heartbeats not yet rolled up (at or after the 1-minute watermark) are never deleted.
-    minute_keep
-        Keep 1-minute rows whose ``bucket_start`` is within this (default 30 days, issue #4);
-        minutes not yet rolled into hours (at or after the 1-hour watermark) are kept.
+    unit_minute_keep
+        Keep per-unit 1-minute rows whose ``bucket_start`` is within this (default 48 h,
+        :data:`UNIT_MINUTE_KEEP`); minutes not yet rolled into hours (at or after the 1-hour
+        watermark) are kept, and all of them while older ones still wait to be copied into
+        cohort rows (see :func:`compute_rollups`).
+    cohort_minute_keep
+        Keep cohort 1-minute rows within this (default 30 days, issue #4's "1-minute rollups
+        for 30 days").
     hour_keep
-        Keep 1-hour rows whose ``bucket_start`` is within this (default 365 days, issue #4).
+        Keep per-unit 1-hour rows within this (default 365 days, issue #4).
 
     Returns
     -------
     dict
-        Rows deleted per table name (``heartbeats``, ``unit_rollups_1m``, ``unit_rollups_1h``).
+        Rows deleted per table name (``heartbeats``, ``unit_rollups_1m``,
+        ``cohort_rollups_1m``, ``unit_rollups_1h``).
+
+    Raises
+    ------
+    ValueError
+        For a negative retention.
     """
-    deleted = {Heartbeat.__tablename__: 0, UnitRollup1m.__tablename__: 0, UnitRollup1h.__tablename__: 0}
+    keeps = {"raw_keep": raw_keep, "unit_minute_keep": unit_minute_keep,
+             "cohort_minute_keep": cohort_minute_keep, "hour_keep": hour_keep}
+    for name, keep in keeps.items():
+        if keep < timedelta(0):
+            raise ValueError(f"{name} is {keep}; a retention must be 0 or more")
+    deleted = {m.__tablename__: 0 for m in (Heartbeat, UnitRollup1m, CohortRollup1m, UnitRollup1h)}
     wm_1m = _watermark(session, "1m")
     if wm_1m is not None:
         cutoff = min(now - raw_keep, wm_1m)
         deleted[Heartbeat.__tablename__] = session.execute(
             delete(Heartbeat).where(Heartbeat.received_at < cutoff)).rowcount or 0
     wm_1h = _watermark(session, "1h")
-    if wm_1h is not None:
-        cutoff = min(now - minute_keep, wm_1h)
+    if wm_1h is not None and not _backfill_pending(session):
+        cutoff = min(now - unit_minute_keep, wm_1h)
         deleted[UnitRollup1m.__tablename__] = session.execute(
             delete(UnitRollup1m).where(UnitRollup1m.bucket_start < cutoff)).rowcount or 0
+    deleted[CohortRollup1m.__tablename__] = session.execute(
+        delete(CohortRollup1m).where(CohortRollup1m.bucket_start < now - cohort_minute_keep)).rowcount or 0
     deleted[UnitRollup1h.__tablename__] = session.execute(
         delete(UnitRollup1h).where(UnitRollup1h.bucket_start < now - hour_keep)).rowcount or 0
     logger.info("prune: %s", deleted)
@@ -513,7 +681,8 @@ STAGE_SERIES_COLUMNS: tuple[str, ...] = (
 
 
 def stage_series(session: Session, since: datetime, until: datetime, *, level: Literal["1m", "1h"] = "1m",
-                 cohort: Cohort | None = None, bucket: timedelta | None = None) -> pd.DataFrame:
+                 cohort: Cohort | None = None, bucket: timedelta | None = None,
+                 source: Literal["auto", "unit", "cohort"] = "auto") -> pd.DataFrame:
     """Fleet-wide (or cohort) latency percentiles per stage over time, from the rollups.
 
     Parameters
@@ -521,12 +690,20 @@ def stage_series(session: Session, since: datetime, until: datetime, *, level: L
     since, until
         Aware UTC; rollup buckets with ``since <= bucket_start < until``.
     level
-        ``"1m"`` (kept 30 days) or ``"1h"`` (kept a year).
+        ``"1m"`` (cohort minutes kept 30 days, per-unit minutes 48 h) or ``"1h"`` (per-unit
+        hours, kept a year).
     cohort
         Only units of this cohort; None for the whole fleet.
     bucket
         Re-bucket to this span (a multiple of the level, e.g. 5 minutes), aligned to the epoch,
         by summing histograms and counts. None keeps the level's buckets.
+    source
+        Which minute table: ``"auto"`` reads ``cohort_rollups_1m`` for the whole fleet or a
+        cohort of :data:`COHORT_KEY` fields (any window up to 30 days) and ``unit_rollups_1m``
+        for a ``tag`` cohort (only the last 48 h exist); ``"unit"``/``"cohort"`` force one
+        (for checks). ``level="1h"`` always reads ``unit_rollups_1h``. The cohort table places
+        a request under the versions its unit ran in that minute, the per-unit table under the
+        unit's current inventory: the two differ only for units whose versions changed.
 
     Returns
     -------
@@ -537,12 +714,30 @@ def stage_series(session: Session, since: datetime, until: datetime, *, level: L
         without samples), ``samples`` latencies of that stage; ``requests``, ``errors``,
         ``e2e_over_budget``, ``server_over_budget`` are the bucket's totals (the same on
         every stage row of a bucket).
+
+    Raises
+    ------
+    ValueError
+        For ``source="cohort"`` with a ``tag`` cohort or with ``level="1h"`` (the cohort table
+        has neither), or an unknown level or source.
     """
-    model = _ROLLUP_MODELS[level]
+    if level not in _ROLLUP_MODELS or source not in ("auto", "unit", "cohort"):
+        raise ValueError(f"level {level!r} / source {source!r}: use level '1m' or '1h' and "
+                         "source 'auto', 'unit' or 'cohort'")
+    tagged = cohort is not None and cohort.tag is not None
+    if source == "cohort" and (tagged or level != "1m"):
+        raise ValueError("cohort_rollups_1m holds minutes by site, hardware revision, firmware and versions: "
+                         "it cannot answer a tag cohort or level '1h'; use source='unit' or 'auto'")
+    use_cohorts = level == "1m" and (source == "cohort" or (source == "auto" and not tagged))
+    model: Any = CohortRollup1m if use_cohorts else _ROLLUP_MODELS[level]
     stmt = select(model.bucket_start, model.requests, model.errors, model.e2e_over_budget,
                   model.server_over_budget, model.latency_hist, model.latency_sum_ms).where(
         model.bucket_start >= since, model.bucket_start < until)
-    if cohort is not None and not cohort.is_fleet:
+    if use_cohorts and cohort is not None:
+        for key in COHORT_KEY:
+            if getattr(cohort, key) is not None:
+                stmt = stmt.where(getattr(CohortRollup1m, key) == getattr(cohort, key))
+    elif cohort is not None and not cohort.is_fleet:
         stmt = stmt.where(model.unit_id.in_(cohort.unit_ids()))
     rows = session.execute(stmt).all()
     if not rows:
@@ -594,7 +789,8 @@ def unit_series(session: Session, serial: str, since: datetime, until: datetime,
     since, until
         Aware UTC; buckets with ``since <= bucket_start < until``.
     level
-        ``"1m"`` or ``"1h"``.
+        ``"1m"`` (kept 48 h, :data:`UNIT_MINUTE_KEEP`: an older span returns only what is
+        left, so ask ``"1h"`` for a month) or ``"1h"`` (kept a year).
 
     Returns
     -------

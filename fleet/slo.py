@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from fleet.models import (
     LATENCY_EDGES_MS,
+    CohortRollup1m,
     STAGES,
     Heartbeat,
     RollupWatermark,
@@ -581,8 +582,8 @@ def capacity_plan(peak_rps: float, per_worker_rps: float = PER_WORKER_RPS, *, wo
 def peak_request_rate(session: Session, now: datetime, window: timedelta = timedelta(days=7)) -> float:
     """The fleet's busiest minute in ``(now − window, now]``, requests per second.
 
-    Max over minutes of (requests of all units in the minute) / 60, from 1-minute rollups up to
-    their watermark and raw heartbeats (grouped by the minute they were received in) after it;
+    Max over minutes of (requests of all units in the minute) / 60, from the cohort 1-minute
+    rollups (``cohort_rollups_1m``, kept 30 days) up to their watermark and raw heartbeats (grouped by the minute they were received in) after it;
     0.0 without requests. Default window 7 days: one full weekly cycle.
     """
     since = now - window
@@ -592,9 +593,10 @@ def peak_request_rate(session: Session, now: datetime, window: timedelta = timed
     if wm is not None and wm > since:
         start, end = _ceil(since, timedelta(minutes=1)), min(wm, now)
         if end > start:
-            stmt = (select(UnitRollup1m.bucket_start, func.sum(UnitRollup1m.requests))
-                    .where(UnitRollup1m.bucket_start >= start, UnitRollup1m.bucket_start < end)
-                    .group_by(UnitRollup1m.bucket_start))
+            c = CohortRollup1m  # per-unit minutes are kept only 48 h; cohort minutes 30 days
+            stmt = (select(c.bucket_start, func.sum(c.requests))
+                    .where(c.bucket_start >= start, c.bucket_start < end)
+                    .group_by(c.bucket_start))
             for at, n in session.execute(stmt):
                 at = at if at.tzinfo else at.replace(tzinfo=UTC)
                 per_minute[at] = per_minute.get(at, 0) + int(n or 0)

@@ -1,4 +1,5 @@
-"""The shell scripts :mod:`fleet.unit_update` runs on a unit, one ``exec_command`` per phase.
+"""The shell scripts :mod:`fleet.unit_update` runs on a unit, one per phase, each fed to the one
+shell a session keeps (:meth:`fleet.ssh.UnitSession.run_script`).
 
 Every round trip to a unit costs: a new channel, a shell started by sshd, and — with 20 uploads
 sharing one interpreter — waits for the GIL on the way back. An update therefore runs one script
@@ -90,8 +91,9 @@ class UnitView:
 def _write_journal(path_var: str, journal: dict[str, Any]) -> str:
     """Shell lines writing ``journal`` atomically to the file named by ``$path_var``."""
     text = json.dumps(journal, sort_keys=True)
-    return (f'mkdir -p -- "$(dirname -- "${path_var}")" && printf %s {q(text)} > "${path_var}.tmp" '
-            f'&& mv -f -- "${path_var}.tmp" "${path_var}"')
+    # the directory from the shell itself (no dirname/mkdir processes when it exists: one ``mv``)
+    return (f'{{ [ -d "${{{path_var}%/*}}" ] || mkdir -p -- "${{{path_var}%/*}}"; }} && printf %s {q(text)} '
+            f'> "${path_var}.tmp" && mv -f -- "${path_var}.tmp" "${path_var}"')
 
 
 def _link_lines(current: str, previous: str | None) -> str:
@@ -271,7 +273,9 @@ def install_script(view: UnitView, version: str, source: str, verify_bundle: str
         "echo @verified",
     ]
     if staged:
-        lines += [f"mkdir -p -- {q(view.models)} && rm -rf -- {q(installed)} && mv -T -- {q(source)} {q(installed)} "
+        gone = f"[ ! -e {q(installed)} ] && [ ! -L {q(installed)} ]"  # usually: no rm process
+        lines += [f"{{ [ -d {q(view.models)} ] || mkdir -p -- {q(view.models)}; }} && {{ {gone} || rm -rf -- "
+                  f"{q(installed)}; }} && mv -T -- {q(source)} {q(installed)} "
                   f"|| exit {EXIT_SWITCH_FAILED}",
                   "echo @moved"]
     lines += [_write_journal("jr", {**journal, "phase": "switching"}) + f" || exit {EXIT_SWITCH_FAILED}",

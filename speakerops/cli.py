@@ -101,6 +101,21 @@ def _parse_shard(shard: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+#: Set by the console for the collector it starts as a child process: the child stops when
+#: that process is gone (even after ``kill -9``, when it could not be told to stop).
+PARENT_PID_ENV = "SPEAKEROPS_PARENT_PID"
+
+
+async def _stop_when_parent_exits(stop: asyncio.Event, every_s: float = 2.0) -> None:
+    parent = int(os.environ[PARENT_PID_ENV])
+    while not stop.is_set():
+        if os.getppid() != parent:  # re-parented: the console is gone
+            logging.getLogger(__name__).warning("the console (pid %d) is gone; collector stops", parent)
+            stop.set()
+            return
+        await asyncio.sleep(every_s)
+
+
 @app.command()
 def collect(ctx: typer.Context,
             once: Annotated[bool, typer.Option("--once", help="Poll every unit once and exit.")] = False,
@@ -135,7 +150,10 @@ def collect(ctx: typer.Context,
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+            watch = asyncio.create_task(_stop_when_parent_exits(stop)) if os.environ.get(PARENT_PID_ENV) else None
             await collector.run(stop, report)
+            if watch is not None:
+                watch.cancel()
 
         asyncio.run(main())
 
@@ -416,20 +434,49 @@ def db_info(ctx: typer.Context, as_json: JsonOut = False, db_url: DbUrl = None) 
 
 
 @db_app.command("prune")
-def db_prune(ctx: typer.Context, as_json: JsonOut = False, db_url: DbUrl = None) -> None:
+def db_prune(ctx: typer.Context, as_json: JsonOut = False, db_url: DbUrl = None,
+             raw_keep_hours: Annotated[float, typer.Option(
+                 "--raw-keep-hours", help="Keep raw heartbeats this long (issue #4: 24).")] = 24.0,
+             unit_minute_keep_hours: Annotated[float, typer.Option(
+                 "--unit-minute-keep-hours", help="Keep per-unit 1-minute rollups this long (48).")] = 48.0,
+             cohort_minute_keep_days: Annotated[float, typer.Option(
+                 "--cohort-minute-keep-days", help="Keep cohort 1-minute rollups this long (issue #4: 30).")] = 30.0,
+             hour_keep_days: Annotated[float, typer.Option(
+                 "--hour-keep-days", help="Keep per-unit 1-hour rollups this long (issue #4: 365).")] = 365.0,
+             ) -> None:
     """Roll up complete heartbeat minutes and hours, then delete data past its retention
-    (raw heartbeats 24 h, 1-minute rollups 30 days, 1-hour rollups one year)."""
+    (raw heartbeats 24 h, per-unit minutes 48 h, cohort minutes 30 days, per-unit hours one
+    year; docs/monitoring.md "Retention")."""
+    from datetime import timedelta
+
     from fleet.rollups import compute_rollups, prune
 
+    keeps = {"--raw-keep-hours": raw_keep_hours, "--unit-minute-keep-hours": unit_minute_keep_hours,
+             "--cohort-minute-keep-days": cohort_minute_keep_days, "--hour-keep-days": hour_keep_days}
+    spans = {name: timedelta(hours=value) if name.endswith("-hours") else timedelta(days=value)
+             for name, value in keeps.items() if 0 <= value <= 36_500 * (24 if name.endswith("-hours") else 1)}
+    bad = [f"{name} {value:g}" for name, value in keeps.items() if name not in spans]
+    if bad:
+        raise _fail(f"{', '.join(bad)}: a retention must be 0 or more and at most 100 years; "
+                    "the defaults are --raw-keep-hours 24 --unit-minute-keep-hours 48 "
+                    "--cohort-minute-keep-days 30 --hour-keep-days 365")
     with _runtime(_db_url(ctx, db_url)) as rt:
         now = rt.clock()
         with rt.session_factory.begin() as session:
             rolled = compute_rollups(session, now)
-            deleted = prune(session, now)
-    data = {"at": now.isoformat(), "rolled_up": {"unit_rollups_1m": rolled.minutes_written,
-                                                 "unit_rollups_1h": rolled.hours_written},
+            deleted = prune(session, now, raw_keep=spans["--raw-keep-hours"],
+                            unit_minute_keep=spans["--unit-minute-keep-hours"],
+                            cohort_minute_keep=spans["--cohort-minute-keep-days"],
+                            hour_keep=spans["--hour-keep-days"])
+    data = {"at": now.isoformat(),
+            "keep": {"raw_hours": raw_keep_hours, "unit_minute_hours": unit_minute_keep_hours,
+                     "cohort_minute_days": cohort_minute_keep_days, "hour_days": hour_keep_days},
+            "rolled_up": {"unit_rollups_1m": rolled.minutes_written,
+                          "cohort_rollups_1m": rolled.cohort_minutes_written,
+                          "unit_rollups_1h": rolled.hours_written},
             "deleted": deleted}
-    _emit(data, as_json, f"rolled up: {rolled.minutes_written} minute rows, {rolled.hours_written} hour rows\n"
+    _emit(data, as_json, f"rolled up: {rolled.minutes_written} unit minute rows, {rolled.cohort_minutes_written} "
+                         f"cohort minute rows, {rolled.hours_written} unit hour rows\n"
                          + "deleted: " + ", ".join(f"{n} {t}" for t, n in deleted.items()))
 
 
@@ -442,6 +489,7 @@ cli_audit.register(app)  # audit list|verify
 cli_admin.register(app)  # admin users add|remove|list, whoami (issue #8)
 cli_workbench.register(app)  # unit diagnose|selftest|restart|logs|pin|add-case (issue #7)
 __import__("speakerops.cli_keys", fromlist=["register"]).register(app)  # keys status|import-ssh|rotate-signing|push-trust|rotate-ssh (issue #8)
+__import__("speakerops.cli_units", fromlist=["register"]).register(units_app)  # units offline-policy set|list|clear (issue #4)
 
 
 def main() -> None:

@@ -48,10 +48,12 @@ TABLE_PRIVILEGES: dict[str, dict[str, str]] = {
     "collector_status": {"operator": _WRITE, "technician": "SELECT", "product_owner": "SELECT"},
     "unit_rollups_1m": {"operator": _WRITE, "technician": "SELECT", "product_owner": "SELECT"},
     "unit_rollups_1h": {"operator": _WRITE, "technician": "SELECT", "product_owner": "SELECT"},
+    "cohort_rollups_1m": {"operator": _WRITE, "technician": "SELECT", "product_owner": "SELECT"},
     "rollup_watermarks": {"operator": _WRITE, "technician": "SELECT", "product_owner": "SELECT"},
     "alert_rules": {"operator": _WRITE, "technician": "SELECT", "product_owner": "SELECT"},
     "alerts": {"operator": _WRITE, "technician": "SELECT", "product_owner": "SELECT"},
     "alert_events": {"operator": _WRITE, "technician": "SELECT", "product_owner": "SELECT"},
+    "offline_policies": {"operator": _WRITE, "technician": "SELECT", "product_owner": "SELECT"},
     # registry and rollouts: operators; technicians pin units (through unit_pins) and read
     "model_versions": {"operator": _WRITE, "technician": "SELECT", "product_owner": "SELECT"},
     "model_aliases": {"operator": _WRITE, "technician": "SELECT", "product_owner": "SELECT"},

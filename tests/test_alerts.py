@@ -66,7 +66,7 @@ def test_builtins_inserted_once(runtime, clock, no_slo) -> None:
     with runtime.session_factory.begin() as s:
         assert ensure_builtin_rules(s, clock()) == 0
         rules = {r.name: r for r in s.scalars(select(AlertRule))}
-    assert len(rules) == 6
+    assert len(rules) == len(alerts.BUILTIN_RULES) == 7  # 7th: "unit flapping" (fleet.unit_states)
     assert (rules["slo fast burn"].threshold, rules["slo fast burn"].severity) == (14.4, "critical")
     assert (rules["hot unit"].duration_s, rules["hot unit"].threshold) == (300.0, 75.0)
 

@@ -6,13 +6,14 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 
 import pytest
 from sqlalchemy import delete, func, select
 
 from fleet.collector import BackgroundCollector, Collector
 from fleet.inventory import import_units
-from fleet.models import CollectorStatus, Heartbeat, Unit
+from fleet.models import AlertRule, CollectorStatus, Heartbeat, Unit
 from fleet.settings import CollectorSettings
 from fleet.simulator import Simulator
 
@@ -217,3 +218,84 @@ def test_bad_shard_is_refused_with_a_clear_message(runtime) -> None:
 
     result = CliRunner().invoke(app, ["collect", "--once", "--shard", "3/2", "--db-url", runtime.db_url])
     assert result.exit_code == 1 and "between 1 and N" in result.stderr
+
+
+def test_maintenance_runs_beside_the_next_cycle_and_finishes_before_stop(runtime, fleet, monkeypatch) -> None:
+    """run() does rollups/alerts/pruning in a worker thread: a slow maintenance (a slow
+    database, injected) neither lengthens the cycle nor runs twice at once, and stop waits for it."""
+    collector = Collector(runtime.session_factory, runtime.clock, FAST)
+    real_maintain = collector._maintain
+    running, finished = threading.Event(), []
+
+    def slow_maintain(now):
+        running.set()
+        time.sleep(1.5)
+        real_maintain(now)
+        finished.append(now)
+
+    monkeypatch.setattr(collector, "_maintain", slow_maintain)
+
+    async def go():
+        first = await collector.run_cycle(background_maintenance=True)
+        await asyncio.to_thread(running.wait, 5)
+        runtime.clock.advance(10)
+        second = await collector.run_cycle(background_maintenance=True)  # the first still maintains
+        during = list(finished)
+        await collector.wait_maintenance()
+        await collector.aclose()
+        return first, second, during
+
+    first, second, during = asyncio.run(go())
+    assert first.ok == second.ok == len(fleet)
+    assert second.duration_s < 1.5 and during == []  # the cycle did not wait for the maintenance
+    assert len(finished) == 1  # the second cycle's maintenance was skipped, not queued
+    with runtime.session_factory() as s:  # the maintenance really ran: the built-in alert rules
+        assert s.scalar(select(func.count()).select_from(AlertRule)) >= 1
+    assert collector.last_maintenance_error is None
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_child_collector_stops_when_its_console_is_killed(runtime) -> None:
+    """The console runs ``speakerops collect`` as a child with SPEAKEROPS_PARENT_PID; after a
+    ``kill -9`` of the parent (no chance to stop it) the child notices and exits by itself."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    parent_code = (
+        "import os, subprocess, sys, time\n"
+        "env = dict(os.environ, SPEAKEROPS_PARENT_PID=str(os.getpid()))\n"
+        f"p = subprocess.Popen([sys.executable, '-m', 'speakerops.cli', 'collect', '--db-url', {runtime.db_url!r}],"
+        " env=env, stdout=subprocess.DEVNULL)\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the child is up and collecting: its status row is there
+        with runtime.session_factory() as s:
+            names = list(s.scalars(select(CollectorStatus.name)))
+        if any(n.endswith(f":{child_pid}") for n in names):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the child collector wrote no status row ({names})")
+    os.kill(child_pid, 0)  # still running while its parent lives
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            break
+        try:  # reap it if it was re-parented to us (a subreaper)
+            os.waitpid(child_pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.5)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        pytest.fail("the collector kept running after its console was killed")

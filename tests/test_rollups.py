@@ -8,18 +8,21 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
-from fleet.models import LATENCY_EDGES_MS, STAGES, Heartbeat, RollupWatermark, Unit, UnitRollup1h, UnitRollup1m
+from fleet.models import (
+    LATENCY_EDGES_MS, STAGES, CohortRollup1m, Heartbeat, RollupWatermark, Unit, UnitRollup1h, UnitRollup1m,
+)
 from fleet.rollups import (
-    N_BUCKETS, Cohort, bucket_index, RollupResult, compute_rollups, hist_percentile, histogram, merge_hist, prune,
-    stage_series, unit_series,
+    COHORT_KEY, N_BUCKETS, Cohort, RollupResult, bucket_index, compute_rollups, hist_percentile, histogram,
+    merge_hist, prune, stage_series, unit_series,
 )
 
 T0 = datetime(2026, 11, 21, 6, 0, tzinfo=UTC)
 
 
-def _unit(session, serial: str, now: datetime, site: str = "seoul", tags: list[str] | None = None) -> Unit:
-    u = Unit(serial=serial, agent_url=f"http://127.0.0.1/units/{serial}", site=site, hardware_rev="hw-b",
-             tags=tags or [], created_at=now, updated_at=now)
+def _unit(session, serial: str, now: datetime, site: str = "seoul", tags: list[str] | None = None,
+          hw: str = "hw-b", stt: str | None = None) -> Unit:
+    u = Unit(serial=serial, agent_url=f"http://127.0.0.1/units/{serial}", site=site, hardware_rev=hw,
+             tags=tags or [], stt_version=stt, created_at=now, updated_at=now)
     session.add(u)
     session.flush()
     return u
@@ -31,14 +34,16 @@ def _latencies(rng: np.random.Generator, n: int) -> dict[str, list[float]]:
 
 
 def _hb(unit_id: int, at: datetime, *, uptime_s: float, cpu: float = 20.0, temp: float = 50.0,
-        disk: float = 1800.0, requests: int = 0, errors: int = 0, latency: dict | None = None) -> Heartbeat:
+        disk: float = 1800.0, requests: int = 0, errors: int = 0, latency: dict | None = None,
+        stt: str | None = None) -> Heartbeat:
     return Heartbeat(unit_id=unit_id, received_at=at, unit_time=at, state="ok", uptime_s=uptime_s, cpu_pct=cpu,
                      temp_c=temp, mem_pct=40.0, disk_free_mb=disk, mic_noise_dbfs=-58.0, wifi_rssi_dbm=-60.0,
-                     wake_false_accepts_per_h=0.5, requests=requests, errors=errors, latency_ms=latency or {})
+                     wake_false_accepts_per_h=0.5, requests=requests, errors=errors, latency_ms=latency or {},
+                     stt_version=stt)
 
 
 def _seed_span(session, unit: Unit, start: datetime, minutes: int, rng: np.random.Generator,
-               every_s: int = 10) -> list[Heartbeat]:
+               every_s: int = 10, stt: str | None = None) -> list[Heartbeat]:
     """Heartbeats every ``every_s`` over ``minutes`` from ``start``, 0–3 requests each."""
     hbs = []
     for k in range(minutes * 60 // every_s):
@@ -46,7 +51,7 @@ def _seed_span(session, unit: Unit, start: datetime, minutes: int, rng: np.rando
         hbs.append(_hb(unit.id, start + timedelta(seconds=k * every_s), uptime_s=1000.0 + k * every_s,
                        cpu=float(rng.uniform(5, 90)), temp=float(rng.uniform(40, 70)),
                        disk=float(rng.uniform(1000, 2000)), requests=n, errors=int(n > 2),
-                       latency=_latencies(rng, n)))
+                       latency=_latencies(rng, n), stt=stt))
     session.add_all(hbs)
     session.flush()
     return hbs
@@ -54,6 +59,13 @@ def _seed_span(session, unit: Unit, start: datetime, minutes: int, rng: np.rando
 
 def _count(session, model) -> int:
     return session.scalar(select(func.count()).select_from(model))
+
+
+def _cohort_rows(session) -> list[tuple]:
+    """Every cohort row as a tuple of all its columns, in key order."""
+    cols = [c.key for c in CohortRollup1m.__table__.columns]
+    rows = session.scalars(select(CohortRollup1m).order_by(CohortRollup1m.bucket_start, *COHORT_KEY)).all()
+    return [tuple(getattr(r, c) for c in cols) for r in rows]
 
 
 # -- histograms -----------------------------------------------------------------------------------
@@ -101,7 +113,7 @@ def test_minute_rollup_exact_figures(runtime, clock) -> None:
         unit_id = u.id
     clock.now = T0 + timedelta(minutes=1, seconds=30)
     with runtime.session_factory.begin() as s:
-        assert compute_rollups(s, clock()) == RollupResult(1, 0)
+        assert compute_rollups(s, clock()) == RollupResult(1, 0, 1)
     with runtime.session_factory() as s:
         r = s.get(UnitRollup1m, (unit_id, T0))
         assert r is not None and r.bucket_start == T0
@@ -133,19 +145,21 @@ def test_rerun_adds_nothing_and_rewrite_does_not_double_count(runtime, clock) ->
         _seed_span(s, u, T0, 5, rng)
     clock.now = T0 + timedelta(minutes=6)
     with runtime.session_factory.begin() as s:
-        assert compute_rollups(s, clock()).minutes_written == 5
+        assert compute_rollups(s, clock()) == RollupResult(5, 0, 5)
     with runtime.session_factory.begin() as s:
-        assert compute_rollups(s, clock()) == RollupResult(0, 0)
+        assert compute_rollups(s, clock()) == RollupResult(0, 0, 0)
     with runtime.session_factory() as s:
         before = s.scalar(select(func.sum(UnitRollup1m.requests)))
+        cohort_before = _cohort_rows(s)
     # rewind the watermark: the same window is rolled again, replacing (not adding to) its rows
     with runtime.session_factory.begin() as s:
         s.execute(update(RollupWatermark).where(RollupWatermark.level == "1m").values(computed_until=T0))
-        assert compute_rollups(s, clock()).minutes_written == 5
+        assert compute_rollups(s, clock()) == RollupResult(5, 0, 5)
     with runtime.session_factory() as s:
         assert _count(s, UnitRollup1m) == 5
         assert s.scalar(select(func.sum(UnitRollup1m.requests))) == before
         assert before == s.scalar(select(func.sum(Heartbeat.requests)))
+        assert _cohort_rows(s) == cohort_before
 
 
 def test_incomplete_buckets_are_not_rolled(runtime, clock) -> None:
@@ -157,7 +171,7 @@ def test_incomplete_buckets_are_not_rolled(runtime, clock) -> None:
         assert compute_rollups(s, clock()) == RollupResult(0, 0)
     clock.now = T0 + timedelta(seconds=90)
     with runtime.session_factory.begin() as s:
-        assert compute_rollups(s, clock()) == RollupResult(1, 0)  # the hour is not complete yet
+        assert compute_rollups(s, clock()) == RollupResult(1, 0, 1)  # the hour is not complete yet
         assert s.get(RollupWatermark, "1m").computed_until == T0 + timedelta(minutes=1)
     clock.now = T0 + timedelta(hours=1, seconds=29)
     with runtime.session_factory.begin() as s:
@@ -231,27 +245,51 @@ def test_prune_respects_each_retention_and_the_watermark(runtime, clock) -> None
         for k in range(96):
             s.add(_hb(u.id, start + timedelta(minutes=30 * k), uptime_s=k))
         uid = u.id
-        # old rollups beyond 30 days / one year, written directly
+        # old cohort minutes beyond 30 days and unit hours beyond one year, written directly
         for age in (timedelta(days=29), timedelta(days=31)):
-            s.add(UnitRollup1m(unit_id=uid, bucket_start=T0 - age, heartbeats=1, requests=0, errors=0))
+            s.add(CohortRollup1m(bucket_start=T0 - age, site="seoul", hardware_rev="hw-b", firmware_version="",
+                                 stt_version="", qa_version="", tts_version="", units=1, heartbeats=1,
+                                 requests=0, errors=0))
         for age in (timedelta(days=364), timedelta(days=366)):
             s.add(UnitRollup1h(unit_id=uid, bucket_start=T0 - age, heartbeats=1, requests=0, errors=0))
     with runtime.session_factory.begin() as s:
         compute_rollups(s, T0)  # the watermark at T0 - 1 min: every row so far rolled
         s.add(_hb(uid, T0 - timedelta(seconds=10), uptime_s=1e6))  # not rolled yet
+        # per-unit minutes on either side of the 48 h retention, written after the rollup (as if
+        # rolled before migration 0010: the older one is not in the cohort rows yet)
+        for age in (timedelta(hours=47, minutes=5), timedelta(hours=49)):
+            s.add(UnitRollup1m(unit_id=uid, bucket_start=T0 - age, heartbeats=6, requests=2, errors=0,
+                               latency_hist={}, latency_sum_ms={}))
     with runtime.session_factory.begin() as s:
-        assert prune(s, T0) == {"heartbeats": 48, "unit_rollups_1m": 1, "unit_rollups_1h": 1}
+        # per-unit minutes wait while older ones are not copied into cohort rows
+        assert prune(s, T0) == {"heartbeats": 48, "unit_rollups_1m": 0, "cohort_rollups_1m": 1,
+                                "unit_rollups_1h": 1}
+    with runtime.session_factory.begin() as s:
+        assert compute_rollups(s, T0) == RollupResult(0, 0, 1)  # the copy of T0 - 49 h
+        assert prune(s, T0) == {"heartbeats": 0, "unit_rollups_1m": 1, "cohort_rollups_1m": 0,
+                                "unit_rollups_1h": 0}
     with runtime.session_factory() as s:
         assert s.scalar(select(func.min(Heartbeat.received_at))) == T0 - timedelta(hours=24)
-        assert s.scalar(select(func.min(UnitRollup1m.bucket_start))) == T0 - timedelta(days=29)
+        assert s.scalar(select(func.min(UnitRollup1m.bucket_start))) == T0 - timedelta(hours=48)
+        assert s.scalar(select(func.min(CohortRollup1m.bucket_start))) == T0 - timedelta(days=29)
+        assert s.get(CohortRollup1m, (T0 - timedelta(hours=49), "seoul", "hw-b", "", "", "", "")).requests == 2
         assert s.scalar(select(func.min(UnitRollup1h.bucket_start))) == T0 - timedelta(days=364)
-    # keep nothing: still, raw rows after the 1-minute watermark stay (not yet rolled up)
+    # keep nothing: still, raw rows after the 1-minute watermark stay (not yet rolled up), and
+    # per-unit minutes not yet rolled into hours
     with runtime.session_factory.begin() as s:
-        deleted = prune(s, T0, raw_keep=timedelta(0))
+        deleted = prune(s, T0, raw_keep=timedelta(0), unit_minute_keep=timedelta(0),
+                        cohort_minute_keep=timedelta(0), hour_keep=timedelta(0))
         assert deleted["heartbeats"] == 48
     with runtime.session_factory() as s:
         left = s.scalars(select(Heartbeat.received_at)).all()
         assert left == [T0 - timedelta(seconds=10)]
+        assert s.scalar(select(func.min(UnitRollup1m.bucket_start))) == T0 - timedelta(hours=1)
+        assert _count(s, CohortRollup1m) == 0 and _count(s, UnitRollup1h) == 0
+
+
+def test_prune_refuses_a_negative_retention(runtime) -> None:
+    with runtime.session_factory.begin() as s, pytest.raises(ValueError, match="unit_minute_keep"):
+        prune(s, T0, unit_minute_keep=timedelta(hours=-1))
 
 
 def test_prune_without_rollups_keeps_raw(runtime, clock) -> None:
@@ -271,12 +309,181 @@ def test_deleting_a_unit_cascades_to_its_rollups(runtime, clock) -> None:
         a_id = a.id
     clock.now = T0 + timedelta(hours=1, minutes=2)
     with runtime.session_factory.begin() as s:
-        assert compute_rollups(s, clock()) == RollupResult(122, 2)
+        assert compute_rollups(s, clock()) == RollupResult(122, 2, 61)  # one cohort: same site and hardware
     with runtime.session_factory.begin() as s:
         s.delete(s.get(Unit, a_id))
     with runtime.session_factory() as s:
         assert _count(s, UnitRollup1m) == 61 and _count(s, UnitRollup1h) == 1
+        assert _count(s, CohortRollup1m) == 61  # the fleet's history keeps the deleted unit's requests
         assert s.scalar(select(func.count()).where(UnitRollup1m.unit_id == a_id)) == 0
+
+
+# -- cohort minutes -------------------------------------------------------------------------------
+def _seed_cohorts(session, rng: np.random.Generator) -> dict[str, int]:
+    """A and B in one cohort (seoul, hw-b, heartbeats naming stt-1.4.0), C alone (busan, hw-c,
+    heartbeats naming no version: the unit's inventory stt-1.3.2 applies); 5 minutes from T0.
+    A skips every other heartbeat of its last 2 minutes, so the weighted means matter."""
+    a = _unit(session, "SPK-A", T0, site="seoul", stt="stt-1.4.0", tags=["pilot"])
+    b = _unit(session, "SPK-B", T0, site="seoul", stt="stt-1.4.0")
+    c = _unit(session, "SPK-C", T0, site="busan", hw="hw-c", stt="stt-1.3.2")
+    hbs = _seed_span(session, a, T0, 5, rng, stt="stt-1.4.0")
+    for h in hbs[-12::2]:
+        session.delete(h)
+    _seed_span(session, b, T0, 5, rng, stt="stt-1.4.0")
+    _seed_span(session, c, T0, 5, rng)
+    session.flush()
+    return {"A": a.id, "B": b.id, "C": c.id}
+
+
+def test_cohort_rows_are_the_sum_of_the_unit_rows(runtime, clock) -> None:
+    rng = np.random.default_rng(7)
+    with runtime.session_factory.begin() as s:
+        ids = _seed_cohorts(s, rng)
+    clock.now = T0 + timedelta(minutes=6)
+    with runtime.session_factory.begin() as s:
+        assert compute_rollups(s, clock()) == RollupResult(15, 0, 10)
+    members = {("seoul", "hw-b", "stt-1.4.0"): [ids["A"], ids["B"]], ("busan", "hw-c", "stt-1.3.2"): [ids["C"]]}
+    with runtime.session_factory() as s:
+        for k in range(5):
+            at = T0 + timedelta(minutes=k)
+            for (site, hw, stt), uids in members.items():
+                c = s.get(CohortRollup1m, (at, site, hw, "", stt, "", ""))
+                us = [s.get(UnitRollup1m, (uid, at)) for uid in uids]
+                assert c.units == len(us)
+                for col in ("heartbeats", "requests", "errors", "reboots", "e2e_over_budget", "server_over_budget"):
+                    assert getattr(c, col) == sum(getattr(u, col) for u in us), col
+                for col in ("cpu_pct_avg", "temp_c_avg", "mem_pct_avg", "mic_noise_dbfs_avg"):
+                    weighted = sum(getattr(u, col) * u.heartbeats for u in us) / sum(u.heartbeats for u in us)
+                    assert getattr(c, col) == pytest.approx(weighted), col
+                assert c.cpu_pct_max == pytest.approx(max(u.cpu_pct_max for u in us))
+                assert c.disk_free_mb_min == pytest.approx(min(u.disk_free_mb_min for u in us))
+                for st in set(c.latency_hist) | {st for u in us for st in u.latency_hist}:
+                    total = [0] * N_BUCKETS
+                    for u in us:
+                        total = merge_hist(total, u.latency_hist.get(st))
+                    assert c.latency_hist[st] == total, st
+                    assert c.latency_sum_ms[st] == pytest.approx(sum(u.latency_sum_ms.get(st, 0) for u in us))
+        # the weighting is visible: A sent fewer heartbeats than B in the last minutes
+        last = s.get(CohortRollup1m, (T0 + timedelta(minutes=4), "seoul", "hw-b", "", "stt-1.4.0", "", ""))
+        assert last.heartbeats == 9
+        assert s.scalar(select(func.sum(CohortRollup1m.requests))) == s.scalar(select(func.sum(Heartbeat.requests)))
+
+
+def test_a_version_change_inside_a_minute_splits_its_cohort_rows(runtime, clock) -> None:
+    with runtime.session_factory.begin() as s:
+        u = _unit(s, "SPK-1", T0, stt="stt-1.5.0")  # the inventory already shows the new version
+        for k in range(6):
+            s.add(_hb(u.id, T0 + timedelta(seconds=10 * k), uptime_s=100 + 10 * k, requests=1,
+                      latency={st: [100.0 * (k + 1)] for st in STAGES}, stt="stt-1.4.0" if k < 3 else "stt-1.5.0"))
+    clock.now = T0 + timedelta(minutes=2)
+    with runtime.session_factory.begin() as s:
+        assert compute_rollups(s, clock()) == RollupResult(1, 0, 2)
+    with runtime.session_factory() as s:
+        old = s.get(CohortRollup1m, (T0, "seoul", "hw-b", "", "stt-1.4.0", "", ""))
+        new = s.get(CohortRollup1m, (T0, "seoul", "hw-b", "", "stt-1.5.0", "", ""))
+        assert (old.units, old.heartbeats, old.requests) == (1, 3, 3)
+        assert (new.units, new.heartbeats, new.requests) == (1, 3, 3)
+        assert old.latency_hist["stt"] == histogram([100.0, 200.0, 300.0])
+        assert new.latency_hist["stt"] == histogram([400.0, 500.0, 600.0])
+        # the old version's minute is found under it, though no unit runs it any more
+        old_only = stage_series(s, T0, clock.now, cohort=Cohort(stt_version="stt-1.4.0"))
+        assert old_only[old_only["stage"] == "stt"]["samples"].tolist() == [3]
+
+
+def test_stage_series_agrees_between_unit_and_cohort_minutes(runtime, clock) -> None:
+    rng = np.random.default_rng(8)
+    with runtime.session_factory.begin() as s:
+        _seed_cohorts(s, rng)
+    clock.now = T0 + timedelta(minutes=6)
+    with runtime.session_factory.begin() as s:
+        compute_rollups(s, clock())
+    with runtime.session_factory() as s:
+        for cohort in (None, Cohort(site="seoul"), Cohort(hardware_rev="hw-c"), Cohort(stt_version="stt-1.4.0"),
+                       Cohort(site="seoul", stt_version="stt-1.3.2")):
+            for bucket in (None, timedelta(minutes=5)):
+                by_unit = stage_series(s, T0, clock(), cohort=cohort, bucket=bucket, source="unit")
+                by_cohort = stage_series(s, T0, clock(), cohort=cohort, bucket=bucket, source="cohort")
+                auto = stage_series(s, T0, clock(), cohort=cohort, bucket=bucket)
+                assert len(by_unit) == len(by_cohort) == len(auto), cohort
+                if by_unit.empty:
+                    continue
+                exact = ["bucket_start", "stage", "samples", "requests", "errors", "e2e_over_budget",
+                         "server_over_budget", "p50_ms", "p95_ms", "p99_ms"]
+                assert by_unit[exact].equals(by_cohort[exact]) and auto[exact].equals(by_cohort[exact]), cohort
+                np.testing.assert_allclose(by_unit["mean_ms"], by_cohort["mean_ms"], rtol=1e-6)
+        assert stage_series(s, T0, clock(), cohort=Cohort(site="seoul", stt_version="stt-1.3.2")).empty
+        # a tag is not part of the cohort key: read from the per-unit minutes
+        pilot = stage_series(s, T0, clock(), cohort=Cohort(tag="pilot"))
+        only_a = stage_series(s, T0, clock(), cohort=Cohort(tag="pilot"), source="unit")
+        assert pilot.equals(only_a) and len(pilot) == 5 * 8
+        with pytest.raises(ValueError, match="tag cohort"):
+            stage_series(s, T0, clock(), cohort=Cohort(tag="pilot"), source="cohort")
+        with pytest.raises(ValueError, match="level"):
+            stage_series(s, T0, clock(), level="1h", source="cohort")
+
+
+def test_minutes_past_the_unit_retention_come_from_the_cohort_rows(runtime, clock) -> None:
+    from fleet.slo import peak_request_rate
+
+    rng = np.random.default_rng(9)
+    with runtime.session_factory.begin() as s:
+        ids = _seed_cohorts(s, rng)
+    clock.now = T0 + timedelta(minutes=6)
+    with runtime.session_factory.begin() as s:
+        compute_rollups(s, clock())
+    with runtime.session_factory() as s:
+        fleet_before = stage_series(s, T0, clock())
+        peak_before = peak_request_rate(s, clock())
+    assert peak_before > 0
+    clock.now = T0 + timedelta(days=3)  # raw rows and per-unit minutes now past their retention
+    with runtime.session_factory.begin() as s:
+        compute_rollups(s, clock())
+        deleted = prune(s, clock())
+    assert deleted["heartbeats"] > 0 and deleted["unit_rollups_1m"] == 15 and deleted["cohort_rollups_1m"] == 0
+    with runtime.session_factory() as s:
+        assert stage_series(s, T0, clock(), source="unit").empty
+        assert stage_series(s, T0, clock()).equals(fleet_before)
+        seoul = stage_series(s, T0, clock(), cohort=Cohort(site="seoul"))
+        assert seoul[seoul["stage"] == "e2e"]["requests"].sum() == s.scalar(
+            select(func.sum(UnitRollup1h.requests)).where(UnitRollup1h.unit_id.in_([ids["A"], ids["B"]])))
+        assert stage_series(s, T0, clock(), cohort=Cohort(tag="pilot")).empty  # only 48 h for tags
+        assert unit_series(s, "SPK-A", T0, clock()).empty  # per-unit minutes: 48 h
+        assert unit_series(s, "SPK-A", T0, clock(), level="1h")["requests"].sum() > 0
+        assert peak_request_rate(s, clock()) == pytest.approx(peak_before)
+
+
+def test_minutes_rolled_before_the_cohort_tier_are_backfilled(runtime, clock) -> None:
+    """A database upgraded past migration 0010 has per-unit minutes and no cohort rows: they are
+    copied, newest first, one 6-hour chunk per call, before prune may delete them."""
+    rng = np.random.default_rng(10)
+    with runtime.session_factory.begin() as s:
+        _seed_cohorts(s, rng)
+        late = _unit(s, "SPK-D", T0, site="seoul", stt="stt-1.4.0")
+        _seed_span(s, late, T0 + timedelta(hours=7), 2, rng, stt="stt-1.4.0")  # a second 6 h chunk
+    clock.now = T0 + timedelta(hours=7, minutes=3)
+    with runtime.session_factory.begin() as s:
+        compute_rollups(s, clock())
+    with runtime.session_factory.begin() as s:
+        expected = _cohort_rows(s)
+        s.execute(CohortRollup1m.__table__.delete())
+        s.execute(RollupWatermark.__table__.delete().where(RollupWatermark.level == "c1m_from"))
+    assert len(expected) == 12
+    with runtime.session_factory.begin() as s:
+        assert prune(s, clock.now + timedelta(days=5))["unit_rollups_1m"] == 0  # not copied yet: kept
+    with runtime.session_factory.begin() as s:
+        assert compute_rollups(s, clock()).cohort_minutes_written == 2  # T0 + 7 h: the newest chunk
+    with runtime.session_factory.begin() as s:
+        assert compute_rollups(s, clock()).cohort_minutes_written == 10  # the gap skipped, then T0
+    with runtime.session_factory.begin() as s:
+        assert compute_rollups(s, clock()).cohort_minutes_written == 0
+    with runtime.session_factory() as s:
+        got = _cohort_rows(s)
+    assert len(got) == len(expected)
+    n_key = 1 + len(COHORT_KEY)
+    for g, e in zip(got, expected, strict=True):
+        assert g[:n_key] == e[:n_key] and g[-2] == e[-2]  # keys; histograms exactly
+        assert g[n_key:-2] == pytest.approx(e[n_key:-2])  # figures (means weighted by heartbeats)
+        assert g[-1] == pytest.approx(e[-1])  # latency sums (rounded per row)
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -353,7 +560,25 @@ def test_cli_db_prune_rolls_up_then_prunes(runtime) -> None:
     result = CliRunner().invoke(app, ["db", "prune", "--json", "--db-url", runtime.db_url])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["rolled_up"] == {"unit_rollups_1m": 1, "unit_rollups_1h": 1}
-    assert data["deleted"] == {"heartbeats": 6, "unit_rollups_1m": 0, "unit_rollups_1h": 0}
+    assert data["rolled_up"] == {"unit_rollups_1m": 1, "cohort_rollups_1m": 1, "unit_rollups_1h": 1}
+    assert data["deleted"] == {"heartbeats": 6, "unit_rollups_1m": 1, "cohort_rollups_1m": 0,
+                               "unit_rollups_1h": 0}
+    assert data["keep"] == {"raw_hours": 24.0, "unit_minute_hours": 48.0, "cohort_minute_days": 30.0,
+                            "hour_days": 365.0}
     with runtime.session_factory() as s:
-        assert _count(s, Heartbeat) == 0 and _count(s, UnitRollup1m) == 1 and _count(s, UnitRollup1h) == 1
+        assert _count(s, Heartbeat) == 0 and _count(s, UnitRollup1m) == 0
+        assert _count(s, CohortRollup1m) == 1 and _count(s, UnitRollup1h) == 1
+    result = CliRunner().invoke(app, ["db", "prune", "--json", "--db-url", runtime.db_url,
+                                      "--cohort-minute-keep-days", "2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["deleted"]["cohort_rollups_1m"] == 1
+
+
+def test_cli_db_prune_refuses_a_negative_retention(runtime) -> None:
+    from typer.testing import CliRunner
+
+    from speakerops.cli import app
+
+    result = CliRunner().invoke(app, ["db", "prune", "--db-url", runtime.db_url, "--unit-minute-keep-hours", "-1"])
+    assert result.exit_code == 1
+    assert "--unit-minute-keep-hours -1" in result.output and "0 or more" in result.output

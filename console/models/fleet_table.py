@@ -1,9 +1,10 @@
 """The fleet table: a ``QAbstractTableModel`` over an immutable pandas snapshot.
 
 The snapshot (``fleet.queries.fleet_snapshot``) is built off the GUI thread and swapped in with
-``beginResetModel``/``endResetModel``. Filtering and sorting happen in pandas
-(:func:`filter_frame`, :func:`sort_frame`); the model holds the filtered, sorted frame and its
-columns as numpy arrays. The unit's serial is under ``Qt.UserRole`` (after Spyder's
+``beginResetModel``/``endResetModel``. Filtering and sorting happen in numpy over a
+:class:`~console.models.snapshot_index.SnapshotIndex` built with the snapshot on the worker
+thread (codes, sort keys; no per-row Python on the GUI thread); the model holds the shown rows'
+numbers and reads their cells lazily. The unit's serial is under ``Qt.UserRole`` (after Spyder's
 ``DataFrameModel`` and Anki's browser table model).
 """
 
@@ -27,23 +28,45 @@ from console.formatting import (
     format_text,
     local_zone_name,
 )
+from console.models.snapshot_index import (  # noqa: F401 (re-exported)
+    STATUS_RANK,
+    TEXT_FILTER_COLUMNS,
+    VERSION_COLUMNS,
+    FleetFilter,
+    SnapshotIndex,
+    ViewColumn,
+    prepare_snapshot,
+)
 from console.theme import E2E_SLO_MS, STATUS_STYLES, Theme, status_style
 from console.widgets import STATUS_ROLE
 from fleet.queries import SNAPSHOT_WINDOW
+from fleet.unit_states import format_duration
 
 logger = logging.getLogger(__name__)
 
 _Index = QModelIndex | QPersistentModelIndex
 
-#: Sort order of the status column, most urgent first.
-STATUS_RANK: dict[str, int] = {"offline": 0, "degraded": 1, "updating": 2, "unknown": 3, "online": 4}
+# Roles and answers as plain ints: data() runs a few thousand times per repaint on the GUI thread
+# and building Qt enums on every call showed in profiles (benchmarks/fleet_table_100k.py).
+_DISPLAY = int(Qt.ItemDataRole.DisplayRole)
+_USER = int(Qt.ItemDataRole.UserRole)
+_EDIT = int(Qt.ItemDataRole.EditRole)
+_ALIGNMENT = int(Qt.ItemDataRole.TextAlignmentRole)
+_FOREGROUND = int(Qt.ItemDataRole.ForegroundRole)
+_BACKGROUND = int(Qt.ItemDataRole.BackgroundRole)
+_FONT = int(Qt.ItemDataRole.FontRole)
+_TOOLTIP = int(Qt.ItemDataRole.ToolTipRole)
+_STATUS = int(STATUS_ROLE)
+#: Roles data() answers; the view also asks for others (decoration, check state…) per cell.
+_ROLES = frozenset({_DISPLAY, _USER, _EDIT, _ALIGNMENT, _FOREGROUND, _BACKGROUND, _FONT, _TOOLTIP, _STATUS})
+_ALIGN_NUMBER = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+_ALIGN_TEXT = int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+_CELL_FLAGS = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
 
-#: Columns searched by the free-text filter.
-TEXT_FILTER_COLUMNS: tuple[str, ...] = (
-    "serial", "site", "region", "firmware_version", "stt_version", "qa_version", "tts_version")
-
-#: Columns matched by the model-version filter.
-VERSION_COLUMNS: tuple[str, ...] = ("stt_version", "qa_version", "tts_version")
+#: Text added to the status cell of a flapping unit (fleet.unit_states), e.g. "● online ⇅ flapping".
+FLAPPING_MARK = "⇅ flapping"
+#: Snapshot columns the status cell's text and tooltip read besides the status.
+_STATE_EXTRAS = ("flapping", "state_change_pct", "offline_after_s")
 
 
 @dataclass(frozen=True)
@@ -87,60 +110,21 @@ def fleet_columns(zone: str | None = None) -> tuple[Column, ...]:
     )
 
 
-@dataclass(frozen=True)
-class FleetFilter:
-    """What the filter bar asks for; empty strings mean "any"."""
-
-    text: str = ""
-    status: str = ""
-    site: str = ""
-    version: str = ""
-
-
 def filter_frame(df: pd.DataFrame, flt: FleetFilter) -> pd.DataFrame:
     """Rows of ``df`` matching ``flt``: case-insensitive substring over
     :data:`TEXT_FILTER_COLUMNS`, exact status and site, and a model version equal to any of
-    :data:`VERSION_COLUMNS`."""
-    mask = np.ones(len(df), dtype=bool)
-    text = flt.text.strip().lower()
-    if text:
-        hit = np.zeros(len(df), dtype=bool)
-        for col in TEXT_FILTER_COLUMNS:
-            if col in df:
-                values = df[col].astype(object).where(df[col].notna(), "").astype(str).str.lower()
-                hit |= values.str.contains(text, regex=False).to_numpy(dtype=bool)
-        mask &= hit
-    if flt.status:
-        mask &= (df["status"] == flt.status).to_numpy(dtype=bool)
-    if flt.site:
-        mask &= (df["site"] == flt.site).to_numpy(dtype=bool)
-    if flt.version:
-        hit = np.zeros(len(df), dtype=bool)
-        for col in VERSION_COLUMNS:
-            hit |= (df[col] == flt.version).fillna(False).to_numpy(dtype=bool)
-        mask &= hit
-    return df.loc[mask]
+    :data:`VERSION_COLUMNS` (:meth:`SnapshotIndex.mask`)."""
+    mask = SnapshotIndex(df).mask(flt)
+    return df if mask is None else df.loc[mask]
 
 
 def sort_frame(df: pd.DataFrame, key: str | None, ascending: bool = True) -> pd.DataFrame:
     """``df`` sorted by column ``key`` (None: by serial); missing values always last.
 
     Numbers and times sort by value, text case-insensitively, status most urgent first
-    (:data:`STATUS_RANK`). Ties keep serial order (a stable sort after sorting by serial).
+    (:data:`STATUS_RANK`). Ties keep serial order (:meth:`SnapshotIndex.order`).
     """
-    base = df.sort_values("serial", kind="mergesort") if "serial" in df else df
-    if key is None or key not in base:
-        return base
-    col = base[key]
-    if key == "status":
-        sort_key = col.map(lambda s: STATUS_RANK.get(s, len(STATUS_RANK))).astype(float)
-    elif pd.api.types.is_numeric_dtype(col) or pd.api.types.is_datetime64_any_dtype(col):
-        sort_key = col
-    else:
-        sort_key = col.astype(object).where(col.notna(), None).map(
-            lambda v: v.lower() if isinstance(v, str) else v)
-    order = sort_key.sort_values(ascending=ascending, kind="mergesort", na_position="last").index
-    return base.loc[order]
+    return df.iloc[SnapshotIndex(df).order(key, ascending)]
 
 
 class FleetTableModel(QAbstractTableModel):
@@ -163,14 +147,15 @@ class FleetTableModel(QAbstractTableModel):
         super().__init__(parent)
         self._theme = theme
         self._columns = fleet_columns()
-        self._snapshot = pd.DataFrame(columns=[c.key for c in self._columns] + ["last_poll_error"])
+        self._index = SnapshotIndex(pd.DataFrame(columns=[c.key for c in self._columns] + ["last_poll_error"]))
         self._filter = FleetFilter()
         self._sort_key: str | None = "status"  # most urgent first until the operator sorts
         self._ascending = True
         self._now: datetime | None = None
-        self._view = self._snapshot
-        self._arrays: dict[str, np.ndarray] = {}
-        self._row_of: dict[str, int] = {}
+        self._rows = np.zeros(0, dtype=np.intp)  # snapshot row of each shown row
+        self._shown_at: np.ndarray | None = None  # shown row of each snapshot row (-1: hidden), lazy
+        self._view: pd.DataFrame | None = None  # the shown rows as a frame, lazy
+        self._arrays: dict[str, ViewColumn] = {}
         self._bold = QFont()
         self._bold.setBold(True)
         self._apply()
@@ -184,11 +169,18 @@ class FleetTableModel(QAbstractTableModel):
     @property
     def snapshot(self) -> pd.DataFrame:
         """The whole snapshot last set (unfiltered)."""
-        return self._snapshot
+        return self._index.frame
+
+    @property
+    def snapshot_index(self) -> SnapshotIndex:
+        """The snapshot last set with its filter and sort structures."""
+        return self._index
 
     @property
     def frame(self) -> pd.DataFrame:
-        """The rows shown: the snapshot filtered and sorted."""
+        """The rows shown: the snapshot filtered and sorted (built on first call per change)."""
+        if self._view is None:
+            self._view = self._index.frame.iloc[self._rows].reset_index(drop=True)
         return self._view
 
     def column_index(self, key: str) -> int:
@@ -206,20 +198,29 @@ class FleetTableModel(QAbstractTableModel):
 
     def row_of(self, serial: str) -> int | None:
         """Row showing unit ``serial``, or None if it is filtered out or absent."""
-        return self._row_of.get(serial)
+        position = self._index.position(serial)
+        if position is None:
+            return None
+        if self._shown_at is None:
+            self._shown_at = np.full(self._index.n_rows, -1, dtype=np.intp)
+            self._shown_at[self._rows] = np.arange(len(self._rows), dtype=np.intp)
+        row = int(self._shown_at[position])
+        return None if row < 0 else row
 
     def serial_at(self, row: int) -> str | None:
         """Serial of the unit on ``row``."""
-        if 0 <= row < len(self._view):
+        if 0 <= row < len(self._rows):
             return str(self._arrays["serial"][row])
         return None
 
-    def set_snapshot(self, df: pd.DataFrame, now: datetime | None = None) -> None:
+    def set_snapshot(self, df: pd.DataFrame | SnapshotIndex, now: datetime | None = None) -> None:
         """Swap in a new snapshot (rows of ``fleet_snapshot``); keeps filter and sort.
 
-        ``now`` (aware) decides whether times show their date.
+        Pass it as :func:`prepare_snapshot` made it on the worker thread; a bare frame is
+        indexed here, on the GUI thread (tens of ms at 100,000 units). ``now`` (aware) decides
+        whether times show their date.
         """
-        self._snapshot = df
+        self._index = df if isinstance(df, SnapshotIndex) else prepare_snapshot(df)
         self._now = now
         self._columns = fleet_columns()  # the zone abbreviation may change (DST)
         self._apply()
@@ -235,6 +236,12 @@ class FleetTableModel(QAbstractTableModel):
         """The filter in force."""
         return self._filter
 
+    @property
+    def view_spec(self) -> tuple[FleetFilter, str | None, bool]:
+        """``(filter, sort column key, ascending)`` of the rows shown, for
+        :func:`prepare_snapshot`'s ``shown``."""
+        return self._filter, self._sort_key, self._ascending
+
     def set_theme(self, theme: Theme) -> None:
         """Recolour with ``theme``."""
         self._theme = theme
@@ -243,7 +250,7 @@ class FleetTableModel(QAbstractTableModel):
                                   self.index(self.rowCount() - 1, self.columnCount() - 1))
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
-        """Re-sort the shown rows in pandas by ``column`` (missing values last)."""
+        """Re-sort the shown rows by ``column`` (missing values last; :meth:`SnapshotIndex.order`)."""
         if not 0 <= column < len(self._columns):
             return
         self._sort_key = self._columns[column].key
@@ -252,18 +259,18 @@ class FleetTableModel(QAbstractTableModel):
 
     # -- internals ----------------------------------------------------------------------
     def _apply(self) -> None:
-        view = sort_frame(filter_frame(self._snapshot, self._filter), self._sort_key,
-                          self._ascending).reset_index(drop=True)
+        rows = self._index.rows(self._filter, self._sort_key, self._ascending)
         self.beginResetModel()
-        self._view = view
-        keys = {c.key for c in self._columns} | {"last_poll_error"}
-        self._arrays = {k: view[k].to_numpy(dtype=object) for k in keys if k in view}
-        self._row_of = {str(s): i for i, s in enumerate(self._arrays.get("serial", []))}
+        self._rows = rows
+        self._shown_at = None
+        self._view = None
+        # every snapshot column, read lazily (the status cell also reads _STATE_EXTRAS)
+        self._arrays = self._index.view_columns(rows)
         self.endResetModel()
 
     # -- Qt model API -------------------------------------------------------------------
     def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802, B008
-        return 0 if parent.isValid() else len(self._view)
+        return 0 if parent.isValid() else len(self._rows)
 
     def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802, B008
         return 0 if parent.isValid() else len(self._columns)
@@ -285,28 +292,32 @@ class FleetTableModel(QAbstractTableModel):
     def flags(self, index: _Index) -> Qt.ItemFlag:
         if not index.isValid():
             return Qt.ItemFlag.NoItemFlags
-        return Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+        return _CELL_FLAGS
 
-    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
+    def data(self, index: _Index, role: int = _DISPLAY) -> Any:
+        if role not in _ROLES or not index.isValid():
             return None
         row = index.row()
+        if not 0 <= row < len(self._rows):
+            return None
         col = self._columns[index.column()]
-        if not 0 <= row < len(self._view):
+        if role == _ALIGNMENT:
+            return _ALIGN_NUMBER if col.kind == "number" else _ALIGN_TEXT
+        if role == _USER:
+            return str(self._arrays["serial"][row])
+        if role == _STATUS and col.kind != "status":
+            return None
+        if (role == _FONT or role == _BACKGROUND) and col.key != "e2e_p95_ms":  # only the SLO cell
             return None
         value = self._arrays[col.key][row]
-        if role == Qt.ItemDataRole.DisplayRole:
+        if role == _DISPLAY:
+            if col.kind == "status" and self._flapping(row):
+                return f"{status_style(value).label} {FLAPPING_MARK}"
             return self._display(col, value)
-        if role == Qt.ItemDataRole.UserRole:
-            return str(self._arrays["serial"][row])
-        if role == Qt.ItemDataRole.EditRole:
+        if role == _EDIT:
             return value
-        if role == STATUS_ROLE:
-            return value if col.kind == "status" else None
-        if role == Qt.ItemDataRole.TextAlignmentRole:
-            if col.kind == "number":
-                return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            return int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+        if role == _STATUS:
+            return value
         if role == Qt.ItemDataRole.ForegroundRole:
             if col.kind == "status":
                 return QBrush(QColor(status_style(value).color))
@@ -326,6 +337,23 @@ class FleetTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             return self._tooltip(col, value, row)
         return None
+
+    def _flapping(self, row: int) -> bool:
+        flags = self._arrays.get("flapping")
+        return flags is not None and bool(flags[row] is True or flags[row] == 1)
+
+    def _state_notes(self, row: int) -> list[str]:
+        """Tooltip lines of the status cell: flapping and the unit's offline threshold."""
+        notes = []
+        pct = self._arrays.get("state_change_pct")
+        pct_text = format_number(pct[row], 0) if pct is not None else MISSING
+        if self._flapping(row):
+            notes.append(f"Flapping: its answers changed in {pct_text} % of the last 21 polls (weighted); "
+                         "offline alerts are held back until it falls to 25 %")
+        threshold = self._arrays.get("offline_after_s")
+        if threshold is not None and isinstance(threshold[row], (int, float)) and threshold[row] > 0:
+            notes.append(f"Offline after {format_duration(threshold[row])} without a heartbeat")
+        return notes
 
     @staticmethod
     def _over_slo(value: Any) -> bool:
@@ -359,6 +387,7 @@ class FleetTableModel(QAbstractTableModel):
                 parts.append("No voice request in the window: no latency to show")
         elif col.kind == "status":
             parts.append(f"Status: {status_style(value).word}")
+            parts.extend(self._state_notes(row))
         error = self._arrays.get("last_poll_error", np.array([None] * (row + 1)))[row]
         if isinstance(error, str) and error:
             parts.append(f"Last poll error: {error}")

@@ -2,13 +2,18 @@
 
 Data flow (ARCHITECTURE "Heartbeat"): every ``refresh_interval_s`` while the page is visible a
 job on the ``db`` executor builds ``fleet_snapshot`` (and the selected unit's ``unit_detail``)
-in one unit of work; the GUI thread swaps the snapshot into :class:`FleetTableModel`. A tick
-is skipped while the previous refresh is still in flight.
+in one unit of work and indexes it for filtering and sorting (``prepare_snapshot``); the GUI
+thread swaps the indexed snapshot into :class:`FleetTableModel` and reads the tiles' counts and
+the filter options from the index (no per-row Python on the GUI thread: at 100,000 units the
+slot went from ~0.7 s to ~20 ms, ``benchmarks/fleet_table_100k.py``). A tick is skipped while
+the previous refresh is still in flight, and until the ``db`` thread has rested as long as that
+refresh took (:data:`REFRESH_IDLE_FACTOR`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,13 +39,30 @@ from PySide6.QtWidgets import (
 from console.errors import ErrorReporter, is_expected
 from console.formatting import format_local_time
 from console.jobs import Executors, Job
-from console.models.fleet_table import VERSION_COLUMNS, FleetFilter, FleetTableModel
+from console.models.fleet_table import (
+    VERSION_COLUMNS,
+    FleetFilter,
+    FleetTableModel,
+    SnapshotIndex,
+    prepare_snapshot,
+)
 from console.pages.fleet_detail import FleetDetailPanel
 from console.theme import STATUS_STYLES, Theme
 from console.widgets import MessageBar, RefreshWhileVisible, StatusDelegate, Tile
-from fleet.queries import fleet_snapshot, status_counts, unit_detail
+from fleet.queries import fleet_snapshot, unit_detail
 
 logger = logging.getLogger(__name__)
+
+#: Rows sampled besides the visible ones when the columns are first sized to their contents
+#: (0: the visible rows only). Qt's default, 1,000, made that one-off call take 1.3 s at
+#: 100,000 units (50: ~60 ms, benchmarks/fleet_table_100k.py); widths are clamped anyway.
+SIZE_COLUMNS_SAMPLE_ROWS = 0
+
+#: A timer tick starts no refresh until the ``db`` threads have been free of it at least this
+#: many times as long as the last refresh took: at 10,000 units and more a refresh takes seconds,
+#: and back-to-back refreshes kept a job thread decoding heartbeats all the time, taking the GIL
+#: from the GUI thread (benchmarks/gui_stall.py). 1.0: refreshes use at most half of one thread.
+REFRESH_IDLE_FACTOR = 1.0
 
 #: (key, caption) of the tiles, left to right.
 TILES: tuple[tuple[str, str], ...] = (
@@ -51,22 +73,30 @@ TILES: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class FleetLoad:
-    """What one refresh read: the snapshot, the selected unit's detail, and when."""
+    """What one refresh read: the snapshot (indexed for the table, or a bare frame), the selected
+    unit's detail, and when."""
 
-    snapshot: pd.DataFrame
+    snapshot: pd.DataFrame | SnapshotIndex
     detail_serial: str | None
     detail: Any
     now: datetime
 
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The snapshot's rows (one per unit)."""
+        return self.snapshot.frame if isinstance(self.snapshot, SnapshotIndex) else self.snapshot
+
 
 def load_fleet(session_factory: Callable[[], Any], clock: Callable[[], datetime],
-               serial: str | None) -> FleetLoad:
-    """Read the fleet snapshot and, if ``serial`` is given, that unit's detail (worker thread)."""
+               serial: str | None, view: tuple[FleetFilter, str | None, bool] | None = None) -> FleetLoad:
+    """Read the fleet snapshot and, if ``serial`` is given, that unit's detail, and index the
+    snapshot for the table, with the rows of ``view`` (the table's ``view_spec``) ready
+    (worker thread)."""
     now = clock()
     with session_factory() as session:
         snapshot = fleet_snapshot(session, now)
         detail = unit_detail(session, serial, now) if serial else None
-    return FleetLoad(snapshot, serial, detail, now)
+    return FleetLoad(prepare_snapshot(snapshot, shown=[view] if view else ()), serial, detail, now)
 
 
 def load_detail(session_factory: Callable[[], Any], clock: Callable[[], datetime],
@@ -118,6 +148,9 @@ class FleetPage(RefreshWhileVisible, QWidget):
         self._last_error_key: tuple[str, str] | None = None
         self._closed = False
         self.refreshes_skipped = 0
+        self._refresh_started = 0.0
+        self._refresh_ended = 0.0
+        self._last_refresh_s = 0.0
 
         title = QLabel("Fleet")
         title.setObjectName("pageTitle")
@@ -234,8 +267,9 @@ class FleetPage(RefreshWhileVisible, QWidget):
         if self.refresh_in_flight:
             self.refreshes_skipped += 1
             return False
+        self._refresh_started = time.monotonic()
         self._refresh_job = (
-            Job(load_fleet, self.session_factory, self._clock, self._selected_serial)
+            Job(load_fleet, self.session_factory, self._clock, self._selected_serial, self.model.view_spec)
             .on_success(self._on_refresh_succeeded)
             .on_failure(self._on_refresh_failed)
             .start(self._executors.db, owner=self))
@@ -283,24 +317,34 @@ class FleetPage(RefreshWhileVisible, QWidget):
 
     # -- slots --------------------------------------------------------------------------
     def _on_timer_timeout(self) -> None:
+        if time.monotonic() - self._refresh_ended < REFRESH_IDLE_FACTOR * self._last_refresh_s:
+            self.refreshes_skipped += 1  # let the db thread rest as long as the last refresh took
+            return
         self.refresh()
 
+    def _note_refresh_ended(self) -> None:
+        self._refresh_ended = time.monotonic()
+        self._last_refresh_s = self._refresh_ended - self._refresh_started
+
     def _on_refresh_succeeded(self, load: FleetLoad) -> None:
+        self._note_refresh_ended()
         if self._last_error_key is not None:
             self._last_error_key = None
             self.message_bar.clear()
         self.model.set_snapshot(load.snapshot, now=load.now)
-        self._update_tiles(load.snapshot)
-        self._rebuild_options(load.snapshot)
+        index = self.model.snapshot_index
+        self._update_tiles(index)
+        self._rebuild_options(index)
         self._update_count()
-        if not self._sized_columns and len(load.snapshot):
+        if not self._sized_columns and index.n_rows:
             self._size_columns()
         self.updated_label.setText(f"Updated {format_local_time(load.now, zone=True)}")
         if load.detail_serial is not None and load.detail_serial == self._selected_serial:
             self._show_detail(load)
-        self.sig_snapshot_applied.emit(len(load.snapshot))
+        self.sig_snapshot_applied.emit(index.n_rows)
 
     def _on_refresh_failed(self, exc: BaseException) -> None:
+        self._note_refresh_ended()
         key = (type(exc).__qualname__, str(exc))
         message = str(exc)
         if key != self._last_error_key:  # report a repeating failure once, not every 2 s
@@ -378,9 +422,9 @@ class FleetPage(RefreshWhileVisible, QWidget):
         self.detail.show_detail(load.detail, load.now)
         self.sig_detail_shown.emit(load.detail_serial or "")
 
-    def _update_tiles(self, snapshot: pd.DataFrame) -> None:
-        counts = status_counts(snapshot) if "status" in snapshot else {}
-        self.tiles["units"].set_value(len(snapshot))
+    def _update_tiles(self, index: SnapshotIndex) -> None:
+        counts = index.counts("status")
+        self.tiles["units"].set_value(index.n_rows)
         for key in ("online", "degraded", "updating", "offline"):
             self.tiles[key].set_value(counts.get(key, 0))
 
@@ -393,13 +437,13 @@ class FleetPage(RefreshWhileVisible, QWidget):
         else:
             self.count_label.setText(f"Showing {shown:,} of {total:,} units")
 
-    def _rebuild_options(self, snapshot: pd.DataFrame) -> None:
-        if not len(snapshot):
+    def _rebuild_options(self, index: SnapshotIndex) -> None:
+        if not index.n_rows:
             return
-        sites = sorted({str(s) for s in snapshot["site"].dropna() if str(s)})
+        sites = index.distinct("site")
         versions: set[str] = set()
         for col in VERSION_COLUMNS:
-            versions |= {str(v) for v in snapshot[col].dropna() if str(v)}
+            versions.update(index.distinct(col))
         self._set_options(self.site_combo, "All sites", sites)
         self._set_options(self.version_combo, "All model versions", sorted(versions))
 
@@ -422,7 +466,8 @@ class FleetPage(RefreshWhileVisible, QWidget):
 
     def _size_columns(self) -> None:
         self._sized_columns = True
-        self.table.resizeColumnsToContents()
         header = self.table.horizontalHeader()
+        header.setResizeContentsPrecision(SIZE_COLUMNS_SAMPLE_ROWS)
+        self.table.resizeColumnsToContents()
         for i in range(self.model.columnCount()):
             header.resizeSection(i, min(max(header.sectionSize(i) + 8, 60), 220))

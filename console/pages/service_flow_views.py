@@ -27,6 +27,11 @@ STAGE_COLOURS: dict[str, str] = {
 }
 MET, MISSED = STATUS_STYLES["online"], STATUS_STYLES["offline"]
 
+_DISPLAY = int(Qt.ItemDataRole.DisplayRole)
+_USER = int(Qt.ItemDataRole.UserRole)
+_ALIGNMENT = int(Qt.ItemDataRole.TextAlignmentRole)
+_ALIGN_NUMBER = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+
 
 def _mix(a: str, b: str, t: float) -> str:
     ca, cb = QColor(a), QColor(b)
@@ -135,9 +140,73 @@ class StageBreakdownChart(pg.PlotWidget):
         for line in self.budget_lines:
             line.setPen(pg.mkPen(theme.warning_text, width=2, style=Qt.PenStyle.DashLine))
             line.label.setColor(theme.warning_text)
+        if getattr(self, "stage_bars", None):
+            self._clear_breakdown()  # the next set_breakdown draws them with the theme's pens
 
     def set_breakdown(self, df: pd.DataFrame) -> None:
-        """Draw :func:`fleet.slo.stage_breakdown`'s rows (empty frame: clear)."""
+        """Draw :func:`fleet.slo.stage_breakdown`'s rows (empty frame: clear).
+
+        While the stages drawn, the ones with a p95 and the stage that grew most stay the same
+        (every refresh but the first, as a rule), the bars and markers are moved in place;
+        otherwise they and the legend are rebuilt (tens of ms of GUI-thread work per refresh
+        before, benchmarks/gui_stall.py).
+        """
+        layout: list[tuple[str, list[float], list[float], float, float]] = []  # stage, ys, x0s, p50, p95
+        grew_most = None
+        x_e2e, x_server = 0.0, 0.0
+        if df is not None and len(df):
+            rows = df.set_index("stage")
+            grew = df.loc[df["grew_most"], "stage"]
+            grew_most = str(grew.iloc[0]) if len(grew) else None
+            for stage in STAGES:
+                p50 = float(rows.loc[stage, "p50_ms"]) if stage in rows.index else float("nan")
+                p95 = float(rows.loc[stage, "p95_ms"]) if stage in rows.index else float("nan")
+                if np.isnan(p50):
+                    continue
+                ys, x0s = [self.ROWS["e2e"]], [x_e2e]
+                if stage in SERVER_STAGES:
+                    ys.append(self.ROWS["server"])
+                    x0s.append(x_server)
+                layout.append((stage, ys, x0s, p50, p95))
+                x_e2e += p50
+                if stage in SERVER_STAGES:
+                    x_server += p50
+        shape = ([st for st, *_ in layout], [st for st, _, _, _, p95 in layout if not np.isnan(p95)], grew_most)
+        current = (list(self.stage_bars), list(self.p95_markers), self.grew_most)
+        if shape != current:
+            self._clear_breakdown()
+        self.grew_most = grew_most
+        item = self.getPlotItem()
+        right = E2E_BUDGET_MS
+        for stage, ys, x0s, p50, p95 in layout:
+            bar = self.stage_bars.get(stage)
+            if bar is None:
+                highlight = stage == grew_most
+                pen = pg.mkPen(self._theme.text, width=3) if highlight else pg.mkPen(self._theme.surface, width=1)
+                bar = pg.BarGraphItem(x0=x0s, y=ys, width=[p50] * len(ys), height=0.55,
+                                      brush=STAGE_COLOURS[stage], pen=pen)
+                item.addItem(bar)
+                self.legend.addItem(bar, f"{'▲ ' if highlight else ''}{stage}")
+                self.stage_bars[stage] = bar
+            else:
+                bar.setOpts(x0=x0s, y=ys, width=[p50] * len(ys))
+            if np.isnan(p95):
+                continue
+            xs, ms = [x + p95 for x in x0s], [y + 0.36 for y in ys]
+            marker = self.p95_markers.get(stage)
+            if marker is None:
+                marker = pg.ScatterPlotItem(x=xs, y=ms, symbol="d", size=9, brush=STAGE_COLOURS[stage],
+                                            pen=pg.mkPen(self._theme.text))
+                item.addItem(marker)
+                self.p95_markers[stage] = marker
+            else:
+                marker.setData(x=xs, y=ms)
+            right = max(right, max(xs))
+        if layout:
+            # room on the right, past the 3,000 ms budget, for the legend
+            item.setXRange(0, max(right, x_e2e, E2E_BUDGET_MS) * 1.4, padding=0)
+
+    def _clear_breakdown(self) -> None:
         item = self.getPlotItem()
         for bar in self.stage_bars.values():
             item.removeItem(bar)
@@ -146,41 +215,6 @@ class StageBreakdownChart(pg.PlotWidget):
         self.legend.clear()
         self.stage_bars.clear()
         self.p95_markers.clear()
-        self.grew_most = None
-        if df is None or not len(df):
-            return
-        rows = df.set_index("stage")
-        grew = df.loc[df["grew_most"], "stage"]
-        self.grew_most = str(grew.iloc[0]) if len(grew) else None
-        x_e2e, x_server = 0.0, 0.0
-        right = E2E_BUDGET_MS
-        for stage in STAGES:
-            p50 = float(rows.loc[stage, "p50_ms"]) if stage in rows.index else float("nan")
-            p95 = float(rows.loc[stage, "p95_ms"]) if stage in rows.index else float("nan")
-            if np.isnan(p50):
-                continue
-            ys, x0s = [self.ROWS["e2e"]], [x_e2e]
-            if stage in SERVER_STAGES:
-                ys.append(self.ROWS["server"])
-                x0s.append(x_server)
-            highlight = stage == self.grew_most
-            pen = pg.mkPen(self._theme.text, width=3) if highlight else pg.mkPen(self._theme.surface, width=1)
-            bar = pg.BarGraphItem(x0=x0s, y=ys, width=[p50] * len(ys), height=0.55,
-                                  brush=STAGE_COLOURS[stage], pen=pen)
-            item.addItem(bar)
-            self.legend.addItem(bar, f"{'▲ ' if highlight else ''}{stage}")
-            self.stage_bars[stage] = bar
-            if not np.isnan(p95):
-                marker = pg.ScatterPlotItem(x=[x + p95 for x in x0s], y=[y + 0.36 for y in ys], symbol="d",
-                                            size=9, brush=STAGE_COLOURS[stage], pen=pg.mkPen(self._theme.text))
-                item.addItem(marker)
-                self.p95_markers[stage] = marker
-                right = max(right, max(x + p95 for x in x0s))
-            x_e2e += p50
-            if stage in SERVER_STAGES:
-                x_server += p50
-        # room on the right, past the 3,000 ms budget, for the legend
-        item.setXRange(0, max(right, x_e2e, E2E_BUDGET_MS) * 1.4, padding=0)
 
 
 class StageSeriesChart(pg.PlotWidget):
@@ -210,28 +244,39 @@ class StageSeriesChart(pg.PlotWidget):
             line.setPen(pg.mkPen(theme.warning_text, width=1, style=Qt.PenStyle.DashLine))
 
     def set_series(self, df: pd.DataFrame) -> None:
-        """Draw ``p95_ms`` per stage of :func:`fleet.slo.stage_p95_series` (``server`` left out)."""
+        """Draw ``p95_ms`` per stage of :func:`fleet.slo.stage_p95_series` (``server`` left out).
+
+        Curves of stages already drawn get the new points (``setData``); the curves and the
+        legend are rebuilt only when the set of stages changes.
+        """
+        data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if df is not None and len(df):
+            for stage in (*STAGES, "e2e"):
+                part = df[df["stage"] == stage].sort_values("bucket_start")
+                if not len(part):
+                    continue
+                when = pd.to_datetime(part["bucket_start"], utc=True)
+                x = ((when - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
+                y = pd.to_numeric(part["p95_ms"], errors="coerce").to_numpy(dtype=float)
+                data[stage] = (x, y)
         item = self.getPlotItem()
-        for curve in self.curves.values():
-            item.removeItem(curve)
-        self.curves.clear()
-        self.legend.clear()
-        if df is None or not len(df):
+        if list(data) != list(self.curves):
+            for curve in self.curves.values():
+                item.removeItem(curve)
+            self.curves.clear()
+            self.legend.clear()
+            for stage, (x, y) in data.items():
+                style = Qt.PenStyle.DashLine if stage == "e2e" else Qt.PenStyle.SolidLine
+                curve = pg.PlotDataItem(x, y, pen=pg.mkPen(STAGE_COLOURS[stage], width=2, style=style),
+                                        symbol="o", symbolSize=4, symbolBrush=STAGE_COLOURS[stage],
+                                        symbolPen=None, connect="finite",
+                                        name="end to end" if stage == "e2e" else stage)
+                item.addItem(curve)
+                self.curves[stage] = curve
+            item.enableAutoRange()
             return
-        for stage in (*STAGES, "e2e"):
-            part = df[df["stage"] == stage].sort_values("bucket_start")
-            if not len(part):
-                continue
-            x = np.array([pd.Timestamp(t).timestamp() for t in part["bucket_start"]], dtype=float)
-            y = pd.to_numeric(part["p95_ms"], errors="coerce").to_numpy(dtype=float)
-            style = Qt.PenStyle.DashLine if stage == "e2e" else Qt.PenStyle.SolidLine
-            curve = pg.PlotDataItem(x, y, pen=pg.mkPen(STAGE_COLOURS[stage], width=2, style=style),
-                                    symbol="o", symbolSize=4, symbolBrush=STAGE_COLOURS[stage],
-                                    symbolPen=None, connect="finite",
-                                    name="end to end" if stage == "e2e" else stage)
-            item.addItem(curve)
-            self.curves[stage] = curve
-        item.enableAutoRange()
+        for stage, (x, y) in data.items():
+            self.curves[stage].setData(x, y)
 
 
 #: (column, header, decimals) of the health table; units in the headers.
@@ -254,10 +299,25 @@ class HealthTableModel(QAbstractTableModel):
         self.frame = pd.DataFrame()
         self.key = "site"
         self.key_header = "Site"
+        self._keys: list[Any] = []
+        self._cells: list[list[str]] = []  # display text per row and column, made in set_frame
 
     def set_frame(self, frame: pd.DataFrame, key: str, key_header: str) -> None:
+        """Show ``frame`` (one row per group, the group in column ``key``); every cell's text is
+        formatted here, once, not in each ``data()`` call (a pandas row lookup per call cost
+        ~0.3 ms, ~0.4 s per repaint, benchmarks/gui_stall.py)."""
+        frame = frame.reset_index(drop=True)
+        keys = frame[key].tolist() if key in frame else [None] * len(frame)
+        columns = [frame[col].tolist() if col in frame else [None] * len(frame) for col, _, _ in HEALTH_COLUMNS]
+        cells = [[(k or "(none)")] + [format_number(values[i], decimals)
+                                      for values, (_, _, decimals) in zip(columns, HEALTH_COLUMNS, strict=True)]
+                 for i, k in enumerate(keys)]
+        if (key, key_header, keys, cells) == (self.key, self.key_header, self._keys, self._cells):
+            self.frame = frame
+            return  # same figures: no reset, no repaint
         self.beginResetModel()
-        self.frame, self.key, self.key_header = frame.reset_index(drop=True), key, key_header
+        self.frame, self.key, self.key_header = frame, key, key_header
+        self._keys, self._cells = keys, cells
         self.endResetModel()
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802
@@ -272,16 +332,12 @@ class HealthTableModel(QAbstractTableModel):
         return self.key_header if section == 0 else HEALTH_COLUMNS[section - 1][1]
 
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
+        if not index.isValid() or not 0 <= index.row() < len(self._cells):
             return None
-        row = self.frame.iloc[index.row()]
-        if role == Qt.ItemDataRole.UserRole:
-            return row[self.key]
-        if index.column() == 0:
-            return (row[self.key] or "(none)") if role == Qt.ItemDataRole.DisplayRole else None
-        col, _, decimals = HEALTH_COLUMNS[index.column() - 1]
-        if role == Qt.ItemDataRole.DisplayRole:
-            return format_number(row.get(col), decimals)
-        if role == Qt.ItemDataRole.TextAlignmentRole:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == _DISPLAY:
+            return self._cells[index.row()][index.column()]
+        if role == _USER:
+            return self._keys[index.row()]
+        if role == _ALIGNMENT and index.column() > 0:
+            return _ALIGN_NUMBER
         return None

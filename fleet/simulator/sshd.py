@@ -6,8 +6,10 @@ docs/unit-api.md ("On-unit layout"). Logins use the one client key of the simula
 (``<data_dir>/client_key``, see :func:`ensure_client_key`), listed in each unit's own authorized keys
 file ``<data_dir>/units/<serial>/authorized_keys`` (its ``AuthorizedKeysFile``; the unit names it in
 ``root/etc/ssh-authorized-keys``, where ``speakerops keys rotate-ssh`` finds it); the login user is
-the user running the simulator. The simulator's HTTP agent reads the ``current`` symlinks and the
-restart marker of the root on every request (:meth:`SshUnit.models`, :meth:`SshUnit.restart_marker_ns`).
+the user running the simulator, with its own empty home ``<data_dir>/units/<serial>/home`` (sshd's
+``SetEnv HOME``; the login shell then runs none of the lab machine's startup files, as on a speaker).
+The simulator's HTTP agent reads the ``current`` symlinks and the restart marker of the root on
+every request (:meth:`SshUnit.models`, :meth:`SshUnit.restart_marker_ns`).
 
 Needs Debian's ``openssh-server`` (``/usr/sbin/sshd``) and ``ssh-keygen``.
 """
@@ -354,6 +356,8 @@ class SshUnit:
         self._config = self.unit_dir / "sshd_config"
         self._pid_file = self.unit_dir / "sshd.pid"
         self._log = self.unit_dir / "sshd.log"
+        #: The login's home on the unit (sshd's ``SetEnv HOME``): empty, no shell startup files.
+        self.home = self.unit_dir / "home"
         self._proc: subprocess.Popen[bytes] | None = None
         self.prepare()
         self.host_public_key = " ".join(
@@ -367,6 +371,7 @@ class SshUnit:
         """Create the unit directory, host key (kept across runs) and install root."""
         _require_openssh()
         self.unit_dir.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(exist_ok=True)
         if not self._host_key.exists() or not self._host_key.with_suffix(".pub").exists():
             self._host_key.unlink(missing_ok=True)
             self._host_key.with_suffix(".pub").unlink(missing_ok=True)
@@ -414,6 +419,12 @@ class SshUnit:
             "UseDNS no\n"
             "MaxStartups 100:30:200\n"
             "Subsystem sftp internal-sftp\n"
+            # the unit's login gets its own (empty) home, as a unit's service account has: the
+            # login shell then finds no startup files. Without it every `exec` channel ran the
+            # startup files of the lab machine's user (root's ~/.bashrc here runs `pyenv init`,
+            # ~0.1 CPU-s per shell, which no speaker pays); bash reads ~/.bashrc for commands
+            # from sshd. internal-sftp (scp, SFTP) starts no shell either way.
+            f'SetEnv "HOME={self.home}"\n'
         )
 
     def launch(self, reuse_port: bool = False) -> None:
