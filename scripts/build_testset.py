@@ -254,8 +254,10 @@ def write_flac(path: Path, x: np.ndarray, rng: np.random.Generator) -> None:
 
 
 # -- the set ------------------------------------------------------------------------------------
-def pick_commands(ts: TemplateSet, seed: int, n_templates: int = 27) -> list[dict]:
-    """Template sentences round-robin over the in-domain intents, then :data:`OWN_COMMANDS`."""
+def pick_commands(ts: TemplateSet, seed: int, n_templates: int = 27,
+                  own: list[tuple[str, str, dict[str, str]]] | None = None) -> list[dict]:
+    """Template sentences round-robin over the in-domain intents, then ``own`` (default
+    :data:`OWN_COMMANDS`)."""
     rng = np.random.default_rng([seed, 1])
     pools = {i: ts.examples(i, limit=60, seed=seed) for i in ts.in_domain_intents}
     out: list[dict] = []
@@ -268,9 +270,10 @@ def pick_commands(ts: TemplateSet, seed: int, n_templates: int = 27) -> list[dic
             ex = candidates[int(rng.integers(len(candidates)))]
             seen.add(ex.text)
             out.append({"text": ex.text, "intent": intent, "slots": dict(ex.slots), "in_templates": True})
-    for intent, text, slots in OWN_COMMANDS:
+    for intent, text, slots in OWN_COMMANDS if own is None else own:
         if ts.match(text) is not None:
-            raise SystemExit(f"{text!r} is produced by the templates: replace it in OWN_COMMANDS")
+            raise SystemExit(f"{text!r} is produced by the templates: replace it in OWN_COMMANDS "
+                             "(or in the --phrasings file)")
         out.append({"text": text, "intent": intent, "slots": slots, "in_templates": False})
     return out
 
@@ -279,8 +282,39 @@ def clip_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def build(out: Path, seed: int) -> list[dict]:
+def load_phrasings(path: Path) -> tuple[list[tuple[str, str, dict[str, str]]], list[str]]:
+    """Commands and out-of-domain requests to use instead of :data:`OWN_COMMANDS` and :data:`OWN_OOD`.
+
+    ``path`` is JSON: ``{"commands": [{"intent": "news.read", "text": "...", "slots": {...}}, ...],
+    "ood": ["...", ...]}``. A held-out set for calibration (another ``--seed``) uses its own
+    phrasings, so that nothing tuned on it has heard the shipped set's out-of-template sentences.
+
+    Raises
+    ------
+    SystemExit
+        The file is unreadable or a field is missing or of the wrong type (the message names it).
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        commands = [(str(c["intent"]), " ".join(str(c["text"]).lower().split()),
+                     {str(k): str(v) for k, v in (c.get("slots") or {}).items()}) for c in data["commands"]]
+        ood = [" ".join(str(t).lower().split()) for t in data["ood"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SystemExit(f"--phrasings {path}: {exc!r}; expected JSON {{\"commands\": [{{\"intent\", \"text\", "
+                         f"\"slots\"}}, ...], \"ood\": [\"...\", ...]}}") from None
+    if not commands or not ood:
+        raise SystemExit(f"--phrasings {path}: needs at least one command and one out-of-domain request")
+    shipped = {t for _, t, _ in OWN_COMMANDS} | set(OWN_OOD)
+    repeated = sorted(shipped & ({t for _, t, _ in commands} | set(ood)))
+    if repeated:
+        raise SystemExit(f"--phrasings {path}: {repeated} are phrasings of the shipped test set; "
+                         "a held-out set needs phrasings of its own")
+    return commands, ood
+
+
+def build(out: Path, seed: int, phrasings: Path | None = None) -> list[dict]:
     ts = TemplateSet.load(ROOT / "resources" / "templates" / "en-us.ini")
+    own_commands, own_ood = load_phrasings(phrasings) if phrasings is not None else (OWN_COMMANDS, OWN_OOD)
     check_voices(list(VOICES) + BABBLE_VOICES)
     if out.exists():
         shutil.rmtree(out)
@@ -302,7 +336,7 @@ def build(out: Path, seed: int) -> list[dict]:
         return {"voice": voice, "gender": gender, "accent": accent}
 
     # clean commands: each by one male and one female voice, speeds rotating
-    commands = pick_commands(ts, seed)
+    commands = pick_commands(ts, seed, own=own_commands)
     renditions = []
     for i, cmd in enumerate(commands):
         for j, voice in enumerate((MALE[i % len(MALE)], FEMALE[(i + i // len(FEMALE)) % len(FEMALE)])):
@@ -346,7 +380,7 @@ def build(out: Path, seed: int) -> list[dict]:
     # out of domain: 8 from the templates' [none] section, 8 of our own
     listed = [ex.text for ex in ts.examples("none", limit=200, seed=seed)]
     picked = [listed[int(j)] for j in sorted(rng.choice(len(listed), 8, replace=False))]
-    for k, (text, listed_here) in enumerate([(t, True) for t in picked] + [(t, False) for t in OWN_OOD]):
+    for k, (text, listed_here) in enumerate([(t, True) for t in picked] + [(t, False) for t in own_ood]):
         if not listed_here and ts.match(text) is not None:
             raise SystemExit(f"{text!r} is produced by the templates: replace it in OWN_OOD")
         voice = list(VOICES)[k % len(VOICES)]
@@ -384,12 +418,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "resources" / "testset", help="output directory (replaced)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--phrasings", type=Path, default=None,
+                   help="JSON of commands and out-of-domain requests to use instead of the built-in "
+                        "out-of-template ones (for a held-out calibration set; see load_phrasings)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if shutil.which("espeak-ng") is None:
         logger.error("espeak-ng is not installed: apt-get install espeak-ng (scripts/bootstrap.sh does)")
         return 2
-    rows = build(args.out, args.seed)
+    rows = build(args.out, args.seed, args.phrasings)
     kinds: dict[str, int] = {}
     for r in rows:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
