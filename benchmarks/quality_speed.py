@@ -17,10 +17,11 @@ drawn with seed 1; voices en-us+m1, en+m2, en-us+m4, en+m5, en-us+f1, en+f5, en-
 used in the test set; one voice saying one or two
 commands, one speaking rate per clip, 0.25-0.5 s apart, vs. a male and a female voice taking turns
 the same way) and prints the centroid cosines of both kinds,
-the counts right per threshold (0.60-0.80), the equal-error threshold and the accuracy at the\nshipped one. It is the
-source of ``inference_core.quality.SAME_SPEAKER_COSINE``. ``--accuracy`` prints how often the
-speaker count is right on the test set, per kind and SNR, with the energy gate's segments and with
-the silero VAD's (``inference_core.vad``, when importable).
+the counts right per threshold (0.60-0.80), the equal-error threshold and the accuracy at the\nshipped one, with
+energy-gate segments (the shipped ``inference_core.quality.SAME_SPEAKER_COSINE`` and window come from
+``benchmarks/speaker_count_calibration.py``, with the VAD's segments as the voice loop uses them).
+``--accuracy`` prints how often the speaker count is right on the test set, per kind and SNR, with
+the energy gate's segments and with the silero VAD's (``inference_core.vad``, when importable).
 """
 
 from __future__ import annotations

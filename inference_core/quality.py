@@ -397,10 +397,10 @@ class SpeakerCount:
 #: H2`` (0.798, rounded): clips segmented by the silero VAD as the voice loop does, none of them in
 #: the test set — 80 one-voice (3 in 4 saying two commands) and 80 male/female turn-taking clips of
 #: voices the test set does not use, and two held-out sets built by ``scripts/build_testset.py
-#: --seed 1`` / ``--seed 2 --phrasings benchmarks/heldout_phrasings.json`` (392 one-voice clips,
-#: clean and noisy, and 32 two-speaker clips). With the default 1.0 s windows hopped by 0.25 s:
-#: one voice counted 1 for 73/80 and 380/392, two voices counted 2 for 77/80 and 32/32 (balanced
-#: accuracy 0.966). The former 0.70 was the equal-error point of windows over energy-gate
+#: --seed 1`` / ``--seed 2 --phrasings benchmarks/heldout_phrasings.json`` (440 one-voice clips,
+#: clean and noisy, and 32 two-speaker clips). With the default 1.0 s windows hopped by 0.25 s, at
+#: 0.80: one voice counted 1 for 73/80 and 427/440, two voices counted 2 for 77/80 and 32/32
+#: (balanced accuracy 0.968). The former 0.70 was the equal-error point of windows over energy-gate
 #: segments, which keep turns apart; the VAD joins turns under ~0.3 s apart, which raises the
 #: two-voice cosines (median 0.59 → 0.63–0.71): with the former 1.6 s / 0.8 s windows at 0.70 only
 #: 49/80 and 29/32 two-voice clips were counted 2. Cf. FIELD_NOTES: same voice 0.76–0.81, male
@@ -423,10 +423,10 @@ class SpeakerCounter:
     (silero with 300 ms minimum silence joins gaps under ~0.3 s) leaves the second turn inside the
     first one's segment: short windows with a short hop (1.0 s every 0.25 s) give a short second
     turn windows of its own and the centroids enough windows to average. In calibration
-    (:data:`SAME_SPEAKER_COSINE`) 1.0 s / 0.25 s windows and 1.6 s / 0.8 s ones did equally on the
-    held-out test-set voices (412/424 clips right each), the short ones better on the other voices
-    (150/160 against 145/160); 1.5 s / 0.25 s windows did worse on those (141/160 at their own best
-    threshold).
+    (:data:`SAME_SPEAKER_COSINE`, at 0.80) 1.0 s / 0.25 s windows and 1.6 s / 0.8 s ones did about
+    equally on the held-out sets' voices (459/472 and 460/472 clips right), the short ones better
+    on the other voices (150/160 against 144/160); 1.5 s / 0.25 s windows did worse on those
+    (141/160 at their own best threshold).
 
     Parameters
     ----------
