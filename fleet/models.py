@@ -173,12 +173,9 @@ LATENCY_EDGES_MS: tuple[float, ...] = (
 )
 
 
-class _RollupColumns:
-    """Columns shared by the 1-minute and 1-hour rollups of a unit's heartbeats."""
+class _RollupFigures:
+    """The figures of a rollup (a unit's or a cohort's heartbeats over one bucket)."""
 
-    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
-    #: Start of the bucket (aware UTC, aligned to the minute or hour).
-    bucket_start: Mapped[datetime] = mapped_column(primary_key=True, index=True)
     heartbeats: Mapped[int]
     cpu_pct_avg: Mapped[float | None]
     cpu_pct_max: Mapped[float | None]
@@ -203,8 +200,16 @@ class _RollupColumns:
     latency_sum_ms: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class _RollupColumns(_RollupFigures):
+    """Columns shared by the 1-minute and 1-hour rollups of a unit's heartbeats."""
+
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    #: Start of the bucket (aware UTC, aligned to the minute or hour).
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True, index=True)
+
+
 class UnitRollup1m(_RollupColumns, Base):
-    """A unit's heartbeats summarized per minute (kept 30 days)."""
+    """A unit's heartbeats summarized per minute (kept 48 hours; cohorts' minutes 30 days)."""
 
     __tablename__ = "unit_rollups_1m"
 
@@ -215,14 +220,14 @@ class UnitRollup1h(_RollupColumns, Base):
     __tablename__ = "unit_rollups_1h"
 
 
-class CohortRollup1m(Base):
+class CohortRollup1m(_RollupFigures, Base):
     """The heartbeats of one cohort summarized per minute (kept 30 days, ``fleet.rollups``).
 
     A cohort is the units sharing site, hardware revision, firmware and model versions in that
     minute: versions as the heartbeats reported them (the unit's inventory where a heartbeat
     names none), site and hardware revision from the unit. ``""`` stands for "not known".
-    The figures are those of :class:`UnitRollup1m` summed over the cohort: counts and
-    histograms summed, means weighted by heartbeats, max/min over the units.
+    The figures (:class:`_RollupFigures`) are those of :class:`UnitRollup1m` summed over the
+    cohort: counts and histograms summed, means weighted by heartbeats, max/min over the units.
     """
 
     __tablename__ = "cohort_rollups_1m"
@@ -237,24 +242,6 @@ class CohortRollup1m(Base):
     tts_version: Mapped[str] = mapped_column(String(64), primary_key=True)
     #: Distinct units that sent a heartbeat in the minute.
     units: Mapped[int]
-    heartbeats: Mapped[int]
-    cpu_pct_avg: Mapped[float | None]
-    cpu_pct_max: Mapped[float | None]
-    temp_c_avg: Mapped[float | None]
-    temp_c_max: Mapped[float | None]
-    mem_pct_avg: Mapped[float | None]
-    disk_free_mb_min: Mapped[float | None]
-    mic_noise_dbfs_avg: Mapped[float | None]
-    wifi_rssi_dbm_avg: Mapped[float | None]
-    wake_false_accepts_per_h_avg: Mapped[float | None]
-    requests: Mapped[int]
-    errors: Mapped[int]
-    reboots: Mapped[int] = mapped_column(default=0)
-    e2e_over_budget: Mapped[int] = mapped_column(default=0)
-    server_over_budget: Mapped[int] = mapped_column(default=0)
-    #: As :attr:`_RollupColumns.latency_hist`, summed over the cohort's units.
-    latency_hist: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    latency_sum_ms: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class RollupWatermark(Base):
