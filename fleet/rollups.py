@@ -150,7 +150,7 @@ def merge_hist(a: Sequence[int] | None, b: Sequence[int] | None) -> list[int]:
     return out.tolist()
 
 
-def _percentiles(counts: np.ndarray, q: float) -> np.ndarray:
+def hist_percentiles(counts: np.ndarray, q: float) -> np.ndarray:
     """Vectorized :func:`hist_percentile` over rows of ``counts`` (shape (n, N_BUCKETS)); NaN if empty."""
     counts = np.asarray(counts, dtype=float).reshape(-1, N_BUCKETS)
     total = counts.sum(axis=1)
@@ -190,17 +190,26 @@ def hist_percentile(counts: Sequence[int], q: float) -> float | None:
         return None
     if len(counts) != N_BUCKETS:
         raise ValueError(f"histogram has {len(counts)} buckets; expected {N_BUCKETS}")
-    return float(_percentiles(np.asarray(counts)[None, :], q)[0])
+    return float(hist_percentiles(np.asarray(counts)[None, :], q)[0])
 
 
 # -- computing rollups ----------------------------------------------------------------------------
-def _floor(ts: datetime, step: timedelta) -> datetime:
+def floor_to(ts: datetime, step: timedelta) -> datetime:
+    """``ts`` (aware) rounded down to a multiple of ``step`` since the epoch."""
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     return epoch + ((ts - epoch) // step) * step
 
 
-def _watermark(session: Session, level: str) -> datetime | None:
-    return session.scalar(select(RollupWatermark.computed_until).where(RollupWatermark.level == level))
+def ceil_to(ts: datetime, step: timedelta) -> datetime:
+    """``ts`` (aware) rounded up to a multiple of ``step`` since the epoch."""
+    floor = floor_to(ts, step)
+    return floor if floor == ts else floor + step
+
+
+def rollup_watermark(session: Session, level: str) -> datetime | None:
+    """Aware UTC end of what level ``level`` (``"1m"``, ``"1h"``) has rolled up; None before the first run."""
+    at = session.scalar(select(RollupWatermark.computed_until).where(RollupWatermark.level == level))
+    return at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _set_watermark(session: Session, level: str, until: datetime) -> None:
@@ -479,7 +488,7 @@ def _sum_hists(hist_json: Sequence[dict | None], sum_json: Sequence[dict | None]
 def _backfill_pending(session: Session) -> bool:
     """Per-unit minutes older than the cohort tier's start (:data:`_COHORT_FROM`) still wait to
     be copied into ``cohort_rollups_1m``."""
-    cohort_from = _watermark(session, _COHORT_FROM)
+    cohort_from = rollup_watermark(session, _COHORT_FROM)
     oldest = session.scalar(select(func.min(UnitRollup1m.bucket_start)))
     return oldest is not None and (cohort_from is None or oldest < cohort_from)
 
@@ -487,7 +496,7 @@ def _backfill_pending(session: Session) -> bool:
 def _backfill_step(session: Session) -> int:
     """Copy one :data:`CHUNK_1H` of per-unit minutes older than the cohort tier's start into
     cohort rows, newest first, and move the start back; returns cohort rows written."""
-    cohort_from = _watermark(session, _COHORT_FROM) or _watermark(session, "1m")
+    cohort_from = rollup_watermark(session, _COHORT_FROM) or rollup_watermark(session, "1m")
     if cohort_from is None:
         return 0
     older = UnitRollup1m.bucket_start < cohort_from
@@ -495,8 +504,8 @@ def _backfill_step(session: Session) -> int:
                                             func.max(UnitRollup1m.bucket_start)).where(older)).one()
     if oldest is None:
         return 0
-    end = min(cohort_from, _floor(newest, timedelta(minutes=1)) + timedelta(minutes=1))  # skip a gap
-    start = max(_floor(oldest, timedelta(minutes=1)), end - CHUNK_1H)
+    end = min(cohort_from, floor_to(newest, timedelta(minutes=1)) + timedelta(minutes=1))  # skip a gap
+    start = max(floor_to(oldest, timedelta(minutes=1)), end - CHUNK_1H)
     written = _backfill_cohort_minutes(session, start, end)
     _set_watermark(session, _COHORT_FROM, start)
     logger.info("cohort rollups: backfilled %d rows from per-unit minutes of %s to %s", written, start, end)
@@ -536,12 +545,12 @@ def compute_rollups(session: Session, now: datetime) -> RollupResult:
     A heartbeat written with a ``received_at`` before the watermark (held back for longer than
     the grace) is not rolled up; ``prune`` later deletes it with the other raw rows.
     """
-    limit_1m = _floor(now - GRACE, timedelta(minutes=1))
+    limit_1m = floor_to(now - GRACE, timedelta(minutes=1))
     cohorts = _backfill_step(session)
-    wm = _watermark(session, "1m")
+    wm = rollup_watermark(session, "1m")
     if wm is None:
         oldest = session.scalar(select(func.min(Heartbeat.received_at)))
-        wm = _floor(oldest, timedelta(minutes=1)) if oldest is not None else None
+        wm = floor_to(oldest, timedelta(minutes=1)) if oldest is not None else None
     minutes = 0
     if wm is not None and wm < limit_1m:
         start = wm
@@ -552,18 +561,18 @@ def compute_rollups(session: Session, now: datetime) -> RollupResult:
             cohorts += cohort_rows
             start = stop
         _set_watermark(session, "1m", limit_1m)
-        cohort_from = _watermark(session, _COHORT_FROM)
+        cohort_from = rollup_watermark(session, _COHORT_FROM)
         if cohort_from is None or wm < cohort_from:
             _set_watermark(session, _COHORT_FROM, wm)
 
     hours = 0
-    wm_1m = _watermark(session, "1m")
+    wm_1m = rollup_watermark(session, "1m")
     if wm_1m is not None:
-        limit_1h = _floor(wm_1m, timedelta(hours=1))
-        wh = _watermark(session, "1h")
+        limit_1h = floor_to(wm_1m, timedelta(hours=1))
+        wh = rollup_watermark(session, "1h")
         if wh is None:
             oldest = session.scalar(select(func.min(UnitRollup1m.bucket_start)))
-            wh = _floor(oldest, timedelta(hours=1)) if oldest is not None else None
+            wh = floor_to(oldest, timedelta(hours=1)) if oldest is not None else None
         if wh is not None and wh < limit_1h:
             start = wh
             while start < limit_1h:
@@ -617,12 +626,12 @@ def prune(session: Session, now: datetime, *, raw_keep: timedelta = RAW_KEEP,
         if keep < timedelta(0):
             raise ValueError(f"{name} is {keep}; a retention must be 0 or more")
     deleted = {m.__tablename__: 0 for m in (Heartbeat, UnitRollup1m, CohortRollup1m, UnitRollup1h)}
-    wm_1m = _watermark(session, "1m")
+    wm_1m = rollup_watermark(session, "1m")
     if wm_1m is not None:
         cutoff = min(now - raw_keep, wm_1m)
         deleted[Heartbeat.__tablename__] = session.execute(
             delete(Heartbeat).where(Heartbeat.received_at < cutoff)).rowcount or 0
-    wm_1h = _watermark(session, "1h")
+    wm_1h = rollup_watermark(session, "1h")
     if wm_1h is not None and not _backfill_pending(session):
         cutoff = min(now - unit_minute_keep, wm_1h)
         deleted[UnitRollup1m.__tablename__] = session.execute(
@@ -761,8 +770,8 @@ def stage_series(session: Session, since: datetime, until: datetime, *, level: L
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(cnt > 0, s / np.where(cnt > 0, cnt, 1), np.nan)
         parts.append(pd.DataFrame({
-            "bucket_start": starts, "stage": stage, "p50_ms": _percentiles(h, 50), "p95_ms": _percentiles(h, 95),
-            "p99_ms": _percentiles(h, 99), "mean_ms": mean, "samples": cnt.astype(int),
+            "bucket_start": starts, "stage": stage, "p50_ms": hist_percentiles(h, 50), "p95_ms": hist_percentiles(h, 95),
+            "p99_ms": hist_percentiles(h, 99), "mean_ms": mean, "samples": cnt.astype(int),
             **{c: totals[c].to_numpy().astype(int) for c in totals.columns},
         }))
     out = pd.concat(parts, ignore_index=True)
@@ -810,7 +819,7 @@ def unit_series(session: Session, serial: str, since: datetime, until: datetime,
     df = pd.DataFrame(rows, columns=[*figures, "latency_hist"])
     hist = np.asarray([(h or {}).get("e2e") or [0] * N_BUCKETS for h in df["latency_hist"]],
                       dtype=float).reshape(-1, N_BUCKETS)
-    df["e2e_p95_ms"] = _percentiles(hist, 95) if len(df) else pd.Series(dtype=float)
+    df["e2e_p95_ms"] = hist_percentiles(hist, 95) if len(df) else pd.Series(dtype=float)
     for c in figures[1:]:
         if c not in ("requests", "errors", "reboots"):
             df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -23,20 +23,19 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from fleet import rollups as _rollups
 from fleet.models import (
     LATENCY_EDGES_MS,
     CohortRollup1m,
     STAGES,
     Heartbeat,
-    RollupWatermark,
     Unit,
     UnitRollup1h,
     UnitRollup1m,
 )
+from fleet.queries import latest_heartbeats, stream_rows
 
 logger = logging.getLogger(__name__)
-
-from fleet import rollups as _rollups
 
 #: Share of requests that must meet both budgets (service requirements: "95 % of requests").
 SLO_TARGET = 0.95
@@ -72,23 +71,43 @@ Cohort = _rollups.Cohort
 _COHORT_FIELDS = ("site", "hardware_rev", "firmware_version", "stt_version", "qa_version", "tts_version")
 
 
-def cohort_unit_ids(session: Session, cohort: Any | None) -> list[int] | None:
-    """Ids of the units in ``cohort`` (their current inventory), or None for the whole fleet."""
+def as_cohort(cohort: Any | None) -> Cohort | None:
+    """``cohort`` as a :class:`Cohort` (any object with its field names as attributes works);
+    None for the whole fleet (also for a cohort with every field None)."""
     if cohort is None:
         return None
-    wanted = {f: getattr(cohort, f, None) for f in _COHORT_FIELDS}
-    wanted = {f: v for f, v in wanted.items() if v is not None}
-    tag = getattr(cohort, "tag", None)
-    if not wanted and tag is None:
-        return None
-    stmt = select(Unit.id, Unit.tags)
-    for f, v in wanted.items():
-        stmt = stmt.where(getattr(Unit, f) == v)
-    return [uid for uid, tags in session.execute(stmt) if tag is None or tag in (tags or [])]
+    c = cohort if isinstance(cohort, Cohort) else Cohort(
+        **{f: getattr(cohort, f, None) for f in (*_COHORT_FIELDS, "tag")})
+    return None if c.is_fleet else c
 
 
-def _restrict(stmt: Any, column: Any, ids: list[int] | None) -> Any:
-    return stmt if ids is None else stmt.where(column.in_(ids or [-1]))
+#: Which units a tally covers: the whole fleet (None), a :class:`Cohort` (its units' current
+#: inventory; cohort minutes by the versions of that minute), or explicit unit ids (a rollout group).
+Units = Cohort | Sequence[int] | None
+
+
+def _restrict(stmt: Any, model: Any, units: Units) -> Any:
+    """``stmt`` over ``model`` (heartbeats, a per-unit or the cohort rollup table) limited to ``units``."""
+    if units is None:
+        return stmt
+    if model is CohortRollup1m:
+        if not isinstance(units, Cohort) or units.tag is not None:
+            raise ValueError("cohort_rollups_1m cannot answer for explicit units or a tag cohort")
+        for key in _rollups.COHORT_KEY:
+            if getattr(units, key) is not None:
+                stmt = stmt.where(getattr(CohortRollup1m, key) == getattr(units, key))
+        return stmt
+    if isinstance(units, Cohort):
+        return stmt.where(model.unit_id.in_(units.unit_ids()))
+    return stmt.where(model.unit_id.in_(list(units) or [-1]))
+
+
+def _minute_model(units: Units) -> type:
+    """The minute table that can answer for ``units``: the cohort table (30 days, a few rows per
+    minute) for the fleet or a cohort of inventory fields; per-unit minutes (48 h) otherwise."""
+    if units is None or (isinstance(units, Cohort) and units.tag is None):
+        return CohortRollup1m
+    return UnitRollup1m
 
 
 # -- latency accumulation (raw samples and rollup histograms) ---------------------------------
@@ -147,103 +166,121 @@ class _Tally:
         return self.latency.setdefault(name, _Latency())
 
 
-def _request_latencies(latency_ms: dict | None) -> dict[str, list[float]]:
-    """Per stage and for ``e2e``/``server``, one latency per sampled request (ms)."""
-    latency_ms = latency_ms or {}
-    out = {s: [float(v) for v in latency_ms.get(s) or []] for s in STAGES}
-    n = min((len(v) for v in out.values()), default=0)
-    out["e2e"] = [sum(out[s][i] for s in STAGES) for i in range(n)]
-    out["server"] = [sum(out[s][i] for s in SERVER_STAGES) for i in range(n)]
-    return out
+@dataclass
+class _RawLatencies:
+    """Per-request latencies of raw heartbeats, gathered as flat lists then judged with numpy."""
 
+    stages: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    #: per stage, only the requests every stage reported (the ones that have an end to end)
+    aligned: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
 
-def _add_raw(session: Session, tally: _Tally, since: datetime, until: datetime,
-             ids: list[int] | None, stages: bool) -> None:
-    """Raw heartbeats received in ``(since, until]``."""
-    if until <= since:
-        return
-    stmt = select(Heartbeat.requests, Heartbeat.errors, Heartbeat.latency_ms).where(
-        Heartbeat.received_at > since, Heartbeat.received_at <= until)
-    for n_req, n_err, latency in session.execute(_restrict(stmt, Heartbeat.unit_id, ids)):
-        tally.requests += int(n_req or 0)
-        tally.errors += int(n_err or 0)
-        per = _request_latencies(latency)
-        e2e, server = per["e2e"], per["server"]
-        tally.e2e_over += sum(v > E2E_BUDGET_MS for v in e2e)
-        tally.server_over += sum(v > SERVER_BUDGET_MS for v in server)
-        tally.bad_latency += sum(a > E2E_BUDGET_MS or b > SERVER_BUDGET_MS for a, b in zip(e2e, server))
+    def add(self, latency_ms: dict | None) -> None:
+        if not latency_ms:
+            return
+        lists = [latency_ms.get(s) or [] for s in STAGES]
+        n = min(len(v) for v in lists)
+        for name, values in zip(STAGES, lists):
+            self.stages[name].extend(values)
+            self.aligned[name].extend(values if len(values) == n else values[:n])
+
+    def per_request(self) -> dict[str, np.ndarray]:
+        """Per stage (all its samples) and ``e2e``/``server`` (sums of the aligned requests), ms."""
+        out = {name: np.asarray(v, dtype=float) for name, v in self.stages.items()}
+        aligned = {name: np.asarray(v, dtype=float) for name, v in self.aligned.items()}
+        n = len(aligned[STAGES[0]])
+        out["e2e"] = sum((aligned[st] for st in STAGES), np.zeros(n))
+        out["server"] = sum((aligned[st] for st in SERVER_STAGES), np.zeros(n))
+        return out
+
+    def add_to(self, tally: _Tally, stages: bool) -> None:
+        """Count the requests over budget into ``tally`` and, with ``stages``, their samples."""
+        per = self.per_request()
+        e2e_over, server_over = per["e2e"] > E2E_BUDGET_MS, per["server"] > SERVER_BUDGET_MS
+        tally.e2e_over += int(e2e_over.sum())
+        tally.server_over += int(server_over.sum())
+        tally.bad_latency += int((e2e_over | server_over).sum())
         if stages:
             for name, values in per.items():
                 acc = tally.stage(name)
-                acc.samples.extend(values)
-                acc.total_ms += sum(values)
+                acc.samples.extend(values.tolist())
+                acc.total_ms += float(values.sum())
+
+
+def _add_raw(session: Session, tally: _Tally, since: datetime, until: datetime,
+             units: Units, stages: bool) -> None:
+    """Raw heartbeats received in ``(since, until]``: counts summed by the database, latency JSON
+    read only from heartbeats that carried requests, in batches."""
+    if until <= since:
+        return
+    span = (Heartbeat.received_at > since, Heartbeat.received_at <= until)
+    n_req, n_err = session.execute(_restrict(
+        select(func.sum(Heartbeat.requests), func.sum(Heartbeat.errors)).where(*span), Heartbeat, units)).one()
+    tally.requests += int(n_req or 0)
+    tally.errors += int(n_err or 0)
+    raw = _RawLatencies()
+    for (latency,) in stream_rows(session, _restrict(
+            select(Heartbeat.latency_ms).where(*span, Heartbeat.requests > 0), Heartbeat, units)):
+        raw.add(latency)
+    raw.add_to(tally, stages)
 
 
 def _add_rollups(session: Session, tally: _Tally, model: type, since: datetime, until: datetime,
-                 ids: list[int] | None, stages: bool) -> None:
-    """Rollup buckets starting in ``[since, until)``. A request over both budgets is counted in
+                 units: Units, stages: bool) -> None:
+    """Rollup buckets starting in ``[since, until)``. Counts are summed by the database; only the
+    histograms (``stages``) are read row by row. A request over both budgets is counted in
     both over-budget columns and cannot be told apart, so ``bad_latency`` takes their sum
     (compliance from rollups is conservative)."""
     if until <= since:
         return
-    cols = [model.requests, model.errors, model.e2e_over_budget, model.server_over_budget]
-    if stages:
-        cols += [model.latency_hist, model.latency_sum_ms]
-    stmt = select(*cols).where(model.bucket_start >= since, model.bucket_start < until)
-    for row in session.execute(_restrict(stmt, model.unit_id, ids)):
-        tally.requests += int(row[0] or 0)
-        tally.errors += int(row[1] or 0)
-        tally.e2e_over += int(row[2] or 0)
-        tally.server_over += int(row[3] or 0)
-        tally.bad_latency += int(row[2] or 0) + int(row[3] or 0)
-        if stages:
-            for name, counts in (row[4] or {}).items():
-                acc = tally.stage(name)
-                arr = np.asarray(counts, dtype=float)
-                if len(arr) == len(acc.hist):
-                    acc.hist += arr
-                    acc.hist_total += arr.sum()
-                    acc.total_ms += float((row[5] or {}).get(name, 0.0) or 0.0)
+    span = (model.bucket_start >= since, model.bucket_start < until)
+    sums = session.execute(_restrict(select(
+        func.sum(model.requests), func.sum(model.errors), func.sum(model.e2e_over_budget),
+        func.sum(model.server_over_budget)).where(*span), model, units)).one()
+    requests, errors, e2e_over, server_over = (int(v or 0) for v in sums)
+    tally.requests += requests
+    tally.errors += errors
+    tally.e2e_over += e2e_over
+    tally.server_over += server_over
+    tally.bad_latency += e2e_over + server_over
+    if not stages:
+        return
+    stmt = select(model.latency_hist, model.latency_sum_ms).where(*span, model.requests > 0)
+    for hists, total_ms in stream_rows(session, _restrict(stmt, model, units)):
+        for name, counts in (hists or {}).items():
+            acc = tally.stage(name)
+            arr = np.asarray(counts, dtype=float)
+            if len(arr) == len(acc.hist):
+                acc.hist += arr
+                acc.hist_total += arr.sum()
+                acc.total_ms += float((total_ms or {}).get(name, 0.0) or 0.0)
 
 
-def _watermark(session: Session, level: str) -> datetime | None:
-    wm = session.get(RollupWatermark, level)
-    if wm is None:
-        return None
-    at = wm.computed_until
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
-
-
-def _ceil(t: datetime, step: timedelta) -> datetime:
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    n = math.ceil((t - epoch) / step)
-    return epoch + n * step
-
-
-def _collect(session: Session, since: datetime, until: datetime, ids: list[int] | None,
+def _collect(session: Session, since: datetime, until: datetime, units: Units,
              *, hourly: bool, stages: bool = False) -> _Tally:
-    """Tally ``(since, until]``: whole rollup buckets before the watermarks, raw heartbeats for the
-    rest (the unaligned head of the window and the part not yet rolled up)."""
+    """Tally ``(since, until]`` for ``units``: whole rollup buckets before the watermarks (hours
+    from ``unit_rollups_1h`` if ``hourly``, then minutes from the table :func:`_minute_model`
+    picks), raw heartbeats for the rest (the unaligned head of the window and the part not yet
+    rolled up)."""
     tally = _Tally()
     levels = [("1h", UnitRollup1h, timedelta(hours=1))] if hourly else []
-    levels.append(("1m", UnitRollup1m, timedelta(minutes=1)))
+    levels.append(("1m", _minute_model(units), timedelta(minutes=1)))
     cursor = since
     raw_head_done = False
     for level, model, step in levels:
-        wm = _watermark(session, level)
+        wm = _rollups.rollup_watermark(session, level)
         if wm is None:
             continue
-        start = _ceil(cursor, step)
+        start = _rollups.ceil_to(cursor, step)
         end = min(wm, until)
         end = start + ((end - start) // step) * step if end > start else start
         if end <= start:
             continue
         if not raw_head_done:
-            _add_raw(session, tally, cursor, start, ids, stages)  # the unaligned head
+            _add_raw(session, tally, cursor, start, units, stages)  # the unaligned head
             raw_head_done = True
-        _add_rollups(session, tally, model, start, end, ids, stages)
+        _add_rollups(session, tally, model, start, end, units, stages)
         cursor = end
-    _add_raw(session, tally, cursor, until, ids, stages)
+    _add_raw(session, tally, cursor, until, units, stages)
     return tally
 
 
@@ -309,8 +346,7 @@ def slo_status(session: Session, now: datetime, window: timedelta, cohort: Any |
     cohort
         Only units matching this :class:`Cohort` (their current inventory); None: the fleet.
     """
-    ids = cohort_unit_ids(session, cohort)
-    tally = _collect(session, now - window, now, ids, hourly=window > MINUTE_ROLLUP_MAX_WINDOW)
+    tally = _collect(session, now - window, now, as_cohort(cohort), hourly=window > MINUTE_ROLLUP_MAX_WINDOW)
     n = tally.requests
     if n <= 0:
         return SloStatus(window, 0, 0, None, None, None, None)
@@ -362,9 +398,9 @@ def stage_breakdown(session: Session, now: datetime, window: timedelta = timedel
         most in ms, if any grew. ``requests``, ``requests_per_s``, ``errors`` and ``error_rate``
         (0–1) are the window's, the same on every row.
     """
-    ids = cohort_unit_ids(session, cohort)
-    cur = _collect(session, now - window, now, ids, hourly=window > MINUTE_ROLLUP_MAX_WINDOW, stages=True)
-    base = _collect(session, now - window - baseline, now - window, ids,
+    units = as_cohort(cohort)
+    cur = _collect(session, now - window, now, units, hourly=window > MINUTE_ROLLUP_MAX_WINDOW, stages=True)
+    base = _collect(session, now - window - baseline, now - window, units,
                     hourly=baseline > MINUTE_ROLLUP_MAX_WINDOW, stages=True)
     rows = []
     for name in (*STAGES, "server", "e2e"):
@@ -396,27 +432,24 @@ SERIES_COLUMNS: tuple[str, ...] = (
 
 
 def _raw_stage_series(session: Session, since: datetime, until: datetime, bucket: timedelta,
-                      ids: list[int] | None) -> pd.DataFrame:
+                      units: Units) -> pd.DataFrame:
     """Per bucket and stage, percentiles from raw heartbeats (the fallback of :func:`stage_p95_series`)."""
     stmt = select(Heartbeat.received_at, Heartbeat.requests, Heartbeat.errors, Heartbeat.latency_ms).where(
-        Heartbeat.received_at > since, Heartbeat.received_at <= until)
-    buckets: dict[datetime, _Tally] = {}
+        Heartbeat.received_at > since, Heartbeat.received_at <= until,
+        (Heartbeat.requests > 0) | (Heartbeat.errors > 0))
+    buckets: dict[datetime, tuple[_Tally, _RawLatencies]] = {}
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    for at, n_req, n_err, latency in session.execute(_restrict(stmt, Heartbeat.unit_id, ids)):
+    for at, n_req, n_err, latency in stream_rows(session, _restrict(stmt, Heartbeat, units)):
         at = at if at.tzinfo else at.replace(tzinfo=UTC)
         start = epoch + ((at - epoch) // bucket) * bucket
-        t = buckets.setdefault(start, _Tally())
+        t, raw = buckets.get(start) or buckets.setdefault(start, (_Tally(), _RawLatencies()))
         t.requests += int(n_req or 0)
         t.errors += int(n_err or 0)
-        per = _request_latencies(latency)
-        t.e2e_over += sum(v > E2E_BUDGET_MS for v in per["e2e"])
-        t.server_over += sum(v > SERVER_BUDGET_MS for v in per["server"])
-        for name, values in per.items():
-            t.stage(name).samples.extend(values)
-            t.stage(name).total_ms += sum(values)
+        raw.add(latency)
     rows = []
     for start in sorted(buckets):
-        t = buckets[start]
+        t, raw = buckets[start]
+        raw.add_to(t, stages=True)
         for name in (*STAGES, "server", "e2e"):
             acc = t.stage(name)
             rows.append({"bucket_start": start, "stage": name, "p50_ms": acc.percentile(50),
@@ -436,18 +469,18 @@ def stage_p95_series(session: Session, now: datetime, span: timedelta, cohort: A
     bucket = (timedelta(minutes=1) if span <= timedelta(hours=1)
               else timedelta(minutes=5) if span <= timedelta(days=1) else timedelta(hours=1))
     since = now - span
-    ids = cohort_unit_ids(session, cohort)
+    cohort = as_cohort(cohort)
     parts = []
     raw_from = since
     level = "1m" if span <= MINUTE_ROLLUP_MAX_WINDOW else "1h"
-    wm = _watermark(session, level)
+    wm = _rollups.rollup_watermark(session, level)
     if wm is not None and wm > since:
-        end = min(now, _ceil(wm, bucket) - bucket if _ceil(wm, bucket) != wm else wm)
+        end = min(now, _rollups.floor_to(wm, bucket))
         end = max(end, since)
         rolled = _rollups.stage_series(session, since, end, level=level, cohort=cohort, bucket=bucket)
         parts.append(rolled.reindex(columns=list(SERIES_COLUMNS)))
         raw_from = end
-    parts.append(_raw_stage_series(session, raw_from, now, bucket, ids))
+    parts.append(_raw_stage_series(session, raw_from, now, bucket, cohort))
     parts = [p for p in parts if len(p)]
     if not parts:
         return pd.DataFrame(columns=list(SERIES_COLUMNS))
@@ -483,14 +516,10 @@ def health_aggregates(session: Session, now: datetime, by: GroupKey) -> pd.DataF
     """
     if by not in GROUP_KEYS:
         raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUP_KEYS)}")
-    latest = (select(Heartbeat.unit_id, func.max(Heartbeat.id).label("hb_id"))
-              .where(Heartbeat.received_at <= now).group_by(Heartbeat.unit_id).subquery())
-    stmt = (select(getattr(Unit, by).label("group"), Unit.status,
-                   *[getattr(Heartbeat, m) for m in HEALTH_METRICS])
-            .outerjoin(latest, latest.c.unit_id == Unit.id)
-            .outerjoin(Heartbeat, Heartbeat.id == latest.c.hb_id))
-    df = pd.DataFrame([dict(r) for r in session.execute(stmt).mappings()],
-                      columns=["group", "status", *HEALTH_METRICS])
+    units = pd.DataFrame(session.execute(select(Unit.id, getattr(Unit, by), Unit.status)).all(),
+                         columns=["id", "group", "status"])
+    latest = latest_heartbeats(session, HEALTH_METRICS, until=now)
+    df = units.join(latest, on="id") if len(latest) else units.assign(**{m: np.nan for m in HEALTH_METRICS})
     df["group"] = df["group"].fillna("").astype(str)
     rows = []
     for group, g in sorted(df.groupby("group"), key=lambda kv: kv[0]):
@@ -589,9 +618,9 @@ def peak_request_rate(session: Session, now: datetime, window: timedelta = timed
     since = now - window
     per_minute: dict[datetime, int] = {}
     cursor = since
-    wm = _watermark(session, "1m")
+    wm = _rollups.rollup_watermark(session, "1m")
     if wm is not None and wm > since:
-        start, end = _ceil(since, timedelta(minutes=1)), min(wm, now)
+        start, end = _rollups.ceil_to(since, timedelta(minutes=1)), min(wm, now)
         if end > start:
             c = CohortRollup1m  # per-unit minutes are kept only 48 h; cohort minutes 30 days
             stmt = (select(c.bucket_start, func.sum(c.requests))

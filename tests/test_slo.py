@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fleet.models import STAGES, Heartbeat, RollupWatermark, Unit, UnitRollup1m
+from fleet.models import STAGES, CohortRollup1m, Heartbeat, RollupWatermark, Unit, UnitRollup1m
 from fleet.slo import (
     SLO_WINDOWS,
     Cohort,
@@ -131,16 +131,27 @@ def test_rollups_before_the_watermark_and_raw_after(runtime, clock) -> None:
     wm = now - timedelta(minutes=10)
     with runtime.session_factory.begin() as s:
         u = make_unit(s, "SPK-1", now)
-        s.add(UnitRollup1m(unit_id=u.id, bucket_start=now - timedelta(minutes=30), heartbeats=6,
-                           requests=100, errors=0, e2e_over_budget=10, server_over_budget=0,
-                           latency_hist={}, latency_sum_ms={}))
+        u.tags = ["lab"]
+        figures = dict(bucket_start=now - timedelta(minutes=30), heartbeats=6, requests=100, errors=0,
+                       e2e_over_budget=10, server_over_budget=0, latency_hist={}, latency_sum_ms={})
+        # as compute_rollups writes them: the unit's minute and its cohort's minute
+        s.add(UnitRollup1m(unit_id=u.id, **figures))
+        s.add(CohortRollup1m(site="seoul", hardware_rev="hw-b", firmware_version="2.4.1",
+                             stt_version="stt-1.4.0", qa_version="qa-2.1.0", tts_version="tts-1.0.3", units=1,
+                             **figures))
         s.add(RollupWatermark(level="1m", computed_until=wm))
         # raw rows before the watermark are already in the rollup: must not count twice
         seed_mix(s, u, now, good=0, slow=100, at_ago=timedelta(minutes=30))
         seed_mix(s, u, now, good=100, slow=0, at_ago=timedelta(minutes=5))
     with runtime.session_factory() as s:
-        st = slo_status(s, now, timedelta(hours=1))
-    assert (st.requests, st.good) == (200, 190)
+        fleet = slo_status(s, now, timedelta(hours=1))  # cohort minutes
+        site = slo_status(s, now, timedelta(hours=1), Cohort(site="seoul"))  # cohort minutes of that site
+        tagged = slo_status(s, now, timedelta(hours=1), Cohort(tag="lab"))  # the unit's own minutes
+        other = slo_status(s, now, timedelta(hours=1), Cohort(site="busan"))
+    assert (fleet.requests, fleet.good) == (200, 190)
+    assert (site.requests, site.good) == (200, 190)
+    assert (tagged.requests, tagged.good) == (200, 190)
+    assert other.requests == 0
 
 
 def test_stage_breakdown_names_the_stage_that_grew(runtime, clock) -> None:
