@@ -56,14 +56,12 @@ from fleet.models import (
     LATENCY_EDGES_MS, STAGES, CohortRollup1m, Heartbeat, RollupWatermark, Unit, UnitRollup1h, UnitRollup1m,
 )
 
+from fleet.stage_buckets import BATCH_ROWS, COUNT_COLUMNS, HIST_STAGES, N_BUCKETS, StageBuckets, sum_rows
+
 logger = logging.getLogger(__name__)
 
-#: Histogram keys of a rollup: the six pipeline stages, then end to end and the server part.
-HIST_STAGES: tuple[str, ...] = (*STAGES, "e2e", "server")
 #: Stages whose sum is the server part of a request (docs/unit-api.md: stt + qa + tts).
 SERVER_STAGES: tuple[str, ...] = ("stt", "qa", "tts")
-#: Buckets per histogram: one per upper edge plus the open last bucket.
-N_BUCKETS: int = len(LATENCY_EDGES_MS) + 1
 _EDGES = np.asarray(LATENCY_EDGES_MS, dtype=float)
 #: Lower edge of each bucket, ms (0 for the first).
 _LOWER = np.concatenate([[0.0], _EDGES])
@@ -102,7 +100,7 @@ COHORT_KEY: tuple[str, ...] = ("site", "hardware_rev", "firmware_version", "stt_
                                "tts_version")
 #: Watermark level: cohort minutes are complete from this minute on (older per-unit minutes,
 #: rolled up before migration 0010, are still being copied; see :func:`compute_rollups`).
-_COHORT_FROM = "c1m_from"
+COHORT_FROM_LEVEL = "c1m_from"
 
 _MEAN_FIGURES = ("cpu_pct", "temp_c", "mem_pct", "mic_noise_dbfs", "wifi_rssi_dbm",
                  "wake_false_accepts_per_h")
@@ -486,9 +484,9 @@ def _sum_hists(hist_json: Sequence[dict | None], sum_json: Sequence[dict | None]
 
 
 def _backfill_pending(session: Session) -> bool:
-    """Per-unit minutes older than the cohort tier's start (:data:`_COHORT_FROM`) still wait to
+    """Per-unit minutes older than the cohort tier's start (:data:`COHORT_FROM_LEVEL`) still wait to
     be copied into ``cohort_rollups_1m``."""
-    cohort_from = rollup_watermark(session, _COHORT_FROM)
+    cohort_from = rollup_watermark(session, COHORT_FROM_LEVEL)
     oldest = session.scalar(select(func.min(UnitRollup1m.bucket_start)))
     return oldest is not None and (cohort_from is None or oldest < cohort_from)
 
@@ -496,7 +494,7 @@ def _backfill_pending(session: Session) -> bool:
 def _backfill_step(session: Session) -> int:
     """Copy one :data:`CHUNK_1H` of per-unit minutes older than the cohort tier's start into
     cohort rows, newest first, and move the start back; returns cohort rows written."""
-    cohort_from = rollup_watermark(session, _COHORT_FROM) or rollup_watermark(session, "1m")
+    cohort_from = rollup_watermark(session, COHORT_FROM_LEVEL) or rollup_watermark(session, "1m")
     if cohort_from is None:
         return 0
     older = UnitRollup1m.bucket_start < cohort_from
@@ -507,7 +505,7 @@ def _backfill_step(session: Session) -> int:
     end = min(cohort_from, floor_to(newest, timedelta(minutes=1)) + timedelta(minutes=1))  # skip a gap
     start = max(floor_to(oldest, timedelta(minutes=1)), end - CHUNK_1H)
     written = _backfill_cohort_minutes(session, start, end)
-    _set_watermark(session, _COHORT_FROM, start)
+    _set_watermark(session, COHORT_FROM_LEVEL, start)
     logger.info("cohort rollups: backfilled %d rows from per-unit minutes of %s to %s", written, start, end)
     return written
 
@@ -561,9 +559,9 @@ def compute_rollups(session: Session, now: datetime) -> RollupResult:
             cohorts += cohort_rows
             start = stop
         _set_watermark(session, "1m", limit_1m)
-        cohort_from = rollup_watermark(session, _COHORT_FROM)
+        cohort_from = rollup_watermark(session, COHORT_FROM_LEVEL)
         if cohort_from is None or wm < cohort_from:
-            _set_watermark(session, _COHORT_FROM, wm)
+            _set_watermark(session, COHORT_FROM_LEVEL, wm)
 
     hours = 0
     wm_1m = rollup_watermark(session, "1m")
@@ -717,7 +715,7 @@ def stage_series(session: Session, since: datetime, until: datetime, *, level: L
     Returns
     -------
     DataFrame
-        Columns :data:`STAGE_SERIES_COLUMNS`: one row per bucket that has rollups × stage of
+        Columns :data:`STAGE_SERIES_COLUMNS`: one row per bucket with requests × stage of
         :data:`HIST_STAGES` (wake … playback, e2e, server), ordered by bucket then stage.
         ``p50_ms``/``p95_ms``/``p99_ms`` from the summed histogram and ``mean_ms`` (ms; NaN
         without samples), ``samples`` latencies of that stage; ``requests``, ``errors``,
@@ -741,42 +739,41 @@ def stage_series(session: Session, since: datetime, until: datetime, *, level: L
     model: Any = CohortRollup1m if use_cohorts else _ROLLUP_MODELS[level]
     stmt = select(model.bucket_start, model.requests, model.errors, model.e2e_over_budget,
                   model.server_over_budget, model.latency_hist, model.latency_sum_ms).where(
-        model.bucket_start >= since, model.bucket_start < until)
+        model.bucket_start >= since, model.bucket_start < until, model.requests > 0)
     if use_cohorts and cohort is not None:
         for key in COHORT_KEY:
             if getattr(cohort, key) is not None:
                 stmt = stmt.where(getattr(CohortRollup1m, key) == getattr(cohort, key))
     elif cohort is not None and not cohort.is_fleet:
         stmt = stmt.where(model.unit_id.in_(cohort.unit_ids()))
-    rows = session.execute(stmt).all()
-    if not rows:
-        return pd.DataFrame(columns=list(STAGE_SERIES_COLUMNS))
-    df = pd.DataFrame(rows, columns=["bucket_start", "requests", "errors", "e2e_over_budget", "server_over_budget",
-                                     "latency_hist", "latency_sum_ms"])
-    t = _epoch_s(df["bucket_start"])
     step = int(bucket.total_seconds()) if bucket else (60 if level == "1m" else 3600)
-    df["b"] = t // step * step
-    keys = np.sort(df["b"].unique())
-    g = np.searchsorted(keys, df["b"].to_numpy())
-    n = len(keys)
-    totals = df.groupby(g)[["requests", "errors", "e2e_over_budget", "server_over_budget"]].sum()
-    hists, sums = _sum_hists(df["latency_hist"].tolist(), df["latency_sum_ms"].tolist(), g, n)
-    parts = []
-    starts = [_to_dt(k) for k in keys]
-    for stage in HIST_STAGES:
-        h = hists.get(stage, np.zeros((n, N_BUCKETS), dtype=np.int64))
-        cnt = h.sum(axis=1)
-        s = sums.get(stage, np.zeros(n))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(cnt > 0, s / np.where(cnt > 0, cnt, 1), np.nan)
-        parts.append(pd.DataFrame({
-            "bucket_start": starts, "stage": stage, "p50_ms": hist_percentiles(h, 50), "p95_ms": hist_percentiles(h, 95),
-            "p99_ms": hist_percentiles(h, 99), "mean_ms": mean, "samples": cnt.astype(int),
-            **{c: totals[c].to_numpy().astype(int) for c in totals.columns},
-        }))
-    out = pd.concat(parts, ignore_index=True)
-    out["_o"] = out["stage"].map({s: i for i, s in enumerate(HIST_STAGES)})
-    out = out.sort_values(["bucket_start", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    rows = session.execute(stmt.execution_options(yield_per=BATCH_ROWS))
+    return series_frame(sum_rows(((_epoch(r[0]), *r[1:]) for r in rows), step))
+
+
+def _epoch(at: datetime) -> int:
+    return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp())
+
+
+def series_frame(buckets: StageBuckets) -> pd.DataFrame:
+    """:func:`stage_series`'s frame (columns :data:`STAGE_SERIES_COLUMNS`) from summed buckets:
+    one row per bucket × stage of :data:`HIST_STAGES`, percentiles from the histograms."""
+    if not len(buckets):
+        return pd.DataFrame(columns=list(STAGE_SERIES_COLUMNS))
+    n, n_stages = len(buckets), len(HIST_STAGES)
+    hist = buckets.hist.reshape(n * n_stages, N_BUCKETS)  # bucket-major: row i*8+s
+    cnt = hist.sum(axis=1)
+    total_ms = buckets.sum_ms.reshape(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(cnt > 0, total_ms / np.where(cnt > 0, cnt, 1), np.nan)
+    out = pd.DataFrame({
+        "bucket_start": np.repeat(np.asarray([_to_dt(k) for k in buckets.starts], dtype=object), n_stages),
+        "stage": np.tile(np.asarray(HIST_STAGES, dtype=object), n),
+        "p50_ms": hist_percentiles(hist, 50), "p95_ms": hist_percentiles(hist, 95),
+        "p99_ms": hist_percentiles(hist, 99), "mean_ms": mean, "samples": cnt.astype(int),
+    })
+    for j, col in enumerate(COUNT_COLUMNS):
+        out[col] = np.repeat(buckets.counts[:, j].astype(int), n_stages)
     return out[list(STAGE_SERIES_COLUMNS)]
 
 

@@ -34,6 +34,8 @@ from fleet.models import (
     UnitRollup1m,
 )
 from fleet.queries import latest_heartbeats, stream_rows
+from fleet.stage_buckets import HIST_STAGES, StageBuckets
+from fleet.stage_cache import CohortMinuteCache
 
 logger = logging.getLogger(__name__)
 
@@ -255,12 +257,30 @@ def _add_rollups(session: Session, tally: _Tally, model: type, since: datetime, 
                 acc.total_ms += float((total_ms or {}).get(name, 0.0) or 0.0)
 
 
+def _add_buckets(tally: _Tally, buckets: StageBuckets, stages: bool) -> None:
+    """Summed rollup buckets (see :func:`_add_rollups` for ``bad_latency``)."""
+    requests, errors, e2e_over, server_over = (int(v) for v in buckets.counts.sum(axis=0))
+    tally.requests += requests
+    tally.errors += errors
+    tally.e2e_over += e2e_over
+    tally.server_over += server_over
+    tally.bad_latency += e2e_over + server_over
+    if stages and len(buckets):
+        hist, total_ms = buckets.hist.sum(axis=0), buckets.sum_ms.sum(axis=0)
+        for i, name in enumerate(HIST_STAGES):
+            if hist[i].any():
+                acc = tally.stage(name)
+                acc.hist += hist[i]
+                acc.hist_total += float(hist[i].sum())
+                acc.total_ms += float(total_ms[i])
+
+
 def _collect(session: Session, since: datetime, until: datetime, units: Units,
-             *, hourly: bool, stages: bool = False) -> _Tally:
+             *, hourly: bool, stages: bool = False, cache: CohortMinuteCache | None = None) -> _Tally:
     """Tally ``(since, until]`` for ``units``: whole rollup buckets before the watermarks (hours
     from ``unit_rollups_1h`` if ``hourly``, then minutes from the table :func:`_minute_model`
     picks), raw heartbeats for the rest (the unaligned head of the window and the part not yet
-    rolled up)."""
+    rolled up). With a ``cache``, cohort minutes come from it (read once per minute)."""
     tally = _Tally()
     levels = [("1h", UnitRollup1h, timedelta(hours=1))] if hourly else []
     levels.append(("1m", _minute_model(units), timedelta(minutes=1)))
@@ -278,7 +298,10 @@ def _collect(session: Session, since: datetime, until: datetime, units: Units,
         if not raw_head_done:
             _add_raw(session, tally, cursor, start, units, stages)  # the unaligned head
             raw_head_done = True
-        _add_rollups(session, tally, model, start, end, units, stages)
+        if cache is not None and model is CohortRollup1m:
+            _add_buckets(tally, cache.minutes(session, units, start, end), stages)
+        else:
+            _add_rollups(session, tally, model, start, end, units, stages)
         cursor = end
     _add_raw(session, tally, cursor, until, units, stages)
     return tally
@@ -333,7 +356,8 @@ class SloStatus:
                 "met": self.met}
 
 
-def slo_status(session: Session, now: datetime, window: timedelta, cohort: Any | None = None) -> SloStatus:
+def slo_status(session: Session, now: datetime, window: timedelta, cohort: Any | None = None, *,
+               cache: CohortMinuteCache | None = None) -> SloStatus:
     """SLO compliance of the requests in ``(now − window, now]``.
 
     Parameters
@@ -346,7 +370,8 @@ def slo_status(session: Session, now: datetime, window: timedelta, cohort: Any |
     cohort
         Only units matching this :class:`Cohort` (their current inventory); None: the fleet.
     """
-    tally = _collect(session, now - window, now, as_cohort(cohort), hourly=window > MINUTE_ROLLUP_MAX_WINDOW)
+    tally = _collect(session, now - window, now, as_cohort(cohort), hourly=window > MINUTE_ROLLUP_MAX_WINDOW,
+                     cache=cache)
     n = tally.requests
     if n <= 0:
         return SloStatus(window, 0, 0, None, None, None, None)
@@ -360,9 +385,10 @@ def slo_status(session: Session, now: datetime, window: timedelta, cohort: Any |
     )
 
 
-def slo_report(session: Session, now: datetime, cohort: Any | None = None) -> list[SloStatus]:
+def slo_report(session: Session, now: datetime, cohort: Any | None = None, *,
+               cache: CohortMinuteCache | None = None) -> list[SloStatus]:
     """:func:`slo_status` for each of :data:`SLO_WINDOWS` (1 h, 24 h, 30 d), in that order."""
-    return [slo_status(session, now, w, cohort) for w in SLO_WINDOWS]
+    return [slo_status(session, now, w, cohort, cache=cache) for w in SLO_WINDOWS]
 
 
 # -- stage breakdown ----------------------------------------------------------------------------
@@ -373,7 +399,8 @@ BREAKDOWN_COLUMNS: tuple[str, ...] = (
 
 
 def stage_breakdown(session: Session, now: datetime, window: timedelta = timedelta(hours=1),
-                    baseline: timedelta = timedelta(hours=24), cohort: Any | None = None) -> pd.DataFrame:
+                    baseline: timedelta = timedelta(hours=24), cohort: Any | None = None, *,
+                    cache: CohortMinuteCache | None = None) -> pd.DataFrame:
     """Where the 3 s go, stage by stage: this window against the baseline window before it.
 
     Parameters
@@ -399,9 +426,10 @@ def stage_breakdown(session: Session, now: datetime, window: timedelta = timedel
         (0–1) are the window's, the same on every row.
     """
     units = as_cohort(cohort)
-    cur = _collect(session, now - window, now, units, hourly=window > MINUTE_ROLLUP_MAX_WINDOW, stages=True)
+    cur = _collect(session, now - window, now, units, hourly=window > MINUTE_ROLLUP_MAX_WINDOW, stages=True,
+                   cache=cache)
     base = _collect(session, now - window - baseline, now - window, units,
-                    hourly=baseline > MINUTE_ROLLUP_MAX_WINDOW, stages=True)
+                    hourly=baseline > MINUTE_ROLLUP_MAX_WINDOW, stages=True, cache=cache)
     rows = []
     for name in (*STAGES, "server", "e2e"):
         c, b = cur.stage(name), base.stage(name)
@@ -459,12 +487,14 @@ def _raw_stage_series(session: Session, since: datetime, until: datetime, bucket
     return pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
 
 
-def stage_p95_series(session: Session, now: datetime, span: timedelta, cohort: Any | None = None) -> pd.DataFrame:
+def stage_p95_series(session: Session, now: datetime, span: timedelta, cohort: Any | None = None, *,
+                     cache: CohortMinuteCache | None = None) -> pd.DataFrame:
     """Per-stage latency over time for the page's chart: columns :data:`SERIES_COLUMNS`.
 
     Buckets of 1 min (span ≤ 1 h), 5 min (≤ 1 day) or 1 h: whole buckets before the rollup
-    watermark from ``fleet.rollups.stage_series`` (1-minute level up to a day, 1-hour beyond),
-    the rest from raw heartbeats. ``bucket_start`` is aware UTC; latencies in ms.
+    watermark from ``fleet.rollups.stage_series`` (1-minute level up to a day, 1-hour beyond;
+    with a ``cache``, cohort minutes from it), the rest from raw heartbeats. ``bucket_start``
+    is aware UTC; latencies in ms.
     """
     bucket = (timedelta(minutes=1) if span <= timedelta(hours=1)
               else timedelta(minutes=5) if span <= timedelta(days=1) else timedelta(hours=1))
@@ -477,7 +507,11 @@ def stage_p95_series(session: Session, now: datetime, span: timedelta, cohort: A
     if wm is not None and wm > since:
         end = min(now, _rollups.floor_to(wm, bucket))
         end = max(end, since)
-        rolled = _rollups.stage_series(session, since, end, level=level, cohort=cohort, bucket=bucket)
+        if cache is not None and level == "1m" and (cohort is None or cohort.tag is None):
+            minutes = cache.minutes(session, cohort, _rollups.ceil_to(since, timedelta(minutes=1)), end)
+            rolled = _rollups.series_frame(minutes.rebucket(int(bucket.total_seconds())))
+        else:
+            rolled = _rollups.stage_series(session, since, end, level=level, cohort=cohort, bucket=bucket)
         parts.append(rolled.reindex(columns=list(SERIES_COLUMNS)))
         raw_from = end
     parts.append(_raw_stage_series(session, raw_from, now, bucket, cohort))

@@ -54,6 +54,7 @@ from fleet.slo import (
     stage_breakdown,
     stage_p95_series,
 )
+from fleet.stage_cache import CohortMinuteCache
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +94,15 @@ def cohort_options(session: Any) -> dict[str, list[str]]:
 
 
 def load_service_flow(session_factory: Callable[[], Any], clock: Callable[[], datetime], cohort: Any,
-                      span: timedelta, group_by: str) -> ServiceFlowLoad:
-    """Everything the page shows, in one unit of work (worker thread)."""
+                      span: timedelta, group_by: str, cache: CohortMinuteCache | None = None) -> ServiceFlowLoad:
+    """Everything the page shows, in one unit of work (worker thread); ``cache`` keeps the
+    cohort minutes already read for the next refresh (``fleet.stage_cache``)."""
     now = clock()
     with session_factory() as session:
         return ServiceFlowLoad(
-            now=now, cohort=cohort, slo=slo_report(session, now, cohort),
-            breakdown=stage_breakdown(session, now, cohort=cohort),
-            series=stage_p95_series(session, now, span, cohort),
+            now=now, cohort=cohort, slo=slo_report(session, now, cohort, cache=cache),
+            breakdown=stage_breakdown(session, now, cohort=cohort, cache=cache),
+            series=stage_p95_series(session, now, span, cohort, cache=cache),
             health=health_aggregates(session, now, group_by),  # type: ignore[arg-type]
             group_by=group_by, options=cohort_options(session))
 
@@ -133,6 +135,8 @@ class ServiceFlowPage(RefreshWhileVisible, QWidget):
         self._closed = False
         self._last_error_key: tuple[str, str] | None = None
         self.last_load: ServiceFlowLoad | None = None
+        #: Cohort minutes read so far, kept between refreshes (one load runs at a time).
+        self.stage_cache = CohortMinuteCache()
 
         title = QLabel("Service flow")
         title.setObjectName("pageTitle")
@@ -269,7 +273,7 @@ class ServiceFlowPage(RefreshWhileVisible, QWidget):
             return False
         self._again = False
         self._job = (Job(load_service_flow, self.session_factory, self._clock, self.cohort(),
-                         self.span_combo.currentData(), self.group_combo.currentData())
+                         self.span_combo.currentData(), self.group_combo.currentData(), self.stage_cache)
                      .on_success(self._on_load_succeeded)
                      .on_failure(self._on_load_failed)
                      .start(self._executors.db, owner=self))
