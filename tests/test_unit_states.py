@@ -387,3 +387,9 @@ def test_fleet_table_marks_a_flapping_unit_in_its_status_cell(request) -> None:
     tip = model.data(cell["SPK-1"], Qt.ItemDataRole.ToolTipRole)
     assert "Flapping" in tip and "62 %" in tip and "Offline after 12h" in tip
     assert "Flapping" not in model.data(cell["SPK-2"], Qt.ItemDataRole.ToolTipRole)
+    from console.models.fleet_table import FLAPPING, FleetFilter
+
+    model.set_filter(FleetFilter(status=FLAPPING))
+    assert [model.serial_at(r) for r in range(model.rowCount())] == ["SPK-1"]
+    model.set_filter(FleetFilter(status="online"))
+    assert model.rowCount() == 2

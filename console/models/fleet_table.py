@@ -29,6 +29,7 @@ from console.formatting import (
     local_zone_name,
 )
 from console.models.snapshot_index import (  # noqa: F401 (re-exported)
+    FLAPPING,
     STATUS_RANK,
     TEXT_FILTER_COLUMNS,
     VERSION_COLUMNS,

@@ -44,9 +44,15 @@ _MASK_CACHE_SIZE = 16
 _INT64_MAX = np.iinfo(np.int64).max
 
 
+#: :attr:`FleetFilter.status` value for the units flap detection marks (``fleet.unit_states``),
+#: whatever their state.
+FLAPPING = "flapping"
+
+
 @dataclass(frozen=True)
 class FleetFilter:
-    """What the filter bar asks for; empty strings mean "any"."""
+    """What the filter bar asks for; empty strings mean "any"; ``status`` may be a unit state
+    or :data:`FLAPPING`."""
 
     text: str = ""
     status: str = ""
@@ -254,7 +260,10 @@ class SnapshotIndex:
                     found = np.strings.find(c.lower, text) >= 0 if len(c.lower) else np.zeros(0, bool)
                     hit |= np.append(found, False)[c.codes]  # missing (-1) never matches
             both(hit)
-        if flt.status:
+        if flt.status == FLAPPING:
+            flapping = self.frame["flapping"] if "flapping" in self.frame else None
+            both(np.zeros(self.n_rows, dtype=bool) if flapping is None else flapping.eq(True).to_numpy(dtype=bool))
+        elif flt.status:
             both(self._equals("status", flt.status))
         if flt.site:
             both(self._equals("site", flt.site))

@@ -40,6 +40,7 @@ from console.errors import ErrorReporter, is_expected
 from console.formatting import format_local_time
 from console.jobs import Executors, Job
 from console.models.fleet_table import (
+    FLAPPING,
     VERSION_COLUMNS,
     FleetFilter,
     FleetTableModel,
@@ -180,6 +181,10 @@ class FleetPage(RefreshWhileVisible, QWidget):
         self.status_combo.addItem("All statuses", "")
         for state, style in STATUS_STYLES.items():
             self.status_combo.addItem(style.label, state)
+        self.status_combo.addItem("⇅ Flapping", FLAPPING)
+        self.status_combo.setItemData(self.status_combo.count() - 1,
+                                      "Units whose polls keep flipping between answered and not "
+                                      "(flap detection), whatever their state", Qt.ItemDataRole.ToolTipRole)
         self.site_combo = QComboBox()
         self.site_combo.addItem("All sites", "")
         self.version_combo = QComboBox()
