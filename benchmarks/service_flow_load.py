@@ -13,6 +13,9 @@ shapes) and its watermarks, then times ``console.pages.service_flow.load_service
 * ``cached, next``: a refresh after one more minute was rolled up (what every later refresh costs).
 
 Prints wall and CPU seconds of each (median of ``--repeats``) and the ratio uncached / cached-next.
+Python's automatic garbage collection is off during the loads, as in the console (which collects
+on its GUI thread, ``console.app.GuiThreadGarbageCollector``); ``--gc`` leaves it on, as in the
+CLI (about twice the time for the JSON-heavy first read).
 SQLite by default (``--db-url`` for another database, e.g. a fresh PostgreSQL one). Usage::
 
     .venv/bin/python benchmarks/service_flow_load.py [--cohorts 700] [--hours 25] [--repeats 3]
@@ -21,6 +24,7 @@ SQLite by default (``--db-url`` for another database, e.g. a fresh PostgreSQL on
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
@@ -83,6 +87,7 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=25.0, help="hours of cohort minutes (default 25)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--db-url", default=None)
+    ap.add_argument("--gc", action="store_true", help="leave automatic garbage collection on (as the CLI)")
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
     url = args.db_url or f"sqlite:///{Path(tmp.name) / 'flow.db'}"
@@ -96,6 +101,9 @@ def main() -> None:
     print(f"database: {rows:,} cohort minutes ({args.cohorts} cohorts × {args.hours:g} h) in "
           f"{time.perf_counter() - t0:.0f} s; {url.split('://')[0]}")
 
+    if not args.gc:
+        gc.collect()
+        gc.disable()
     clock = lambda: NOW  # noqa: E731
     span = timedelta(days=1)
     uncached = [_timed(lambda: load_service_flow(sf, clock, None, span, "site")) for _ in range(args.repeats)]

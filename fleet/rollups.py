@@ -748,11 +748,16 @@ def stage_series(session: Session, since: datetime, until: datetime, *, level: L
         stmt = stmt.where(model.unit_id.in_(cohort.unit_ids()))
     step = int(bucket.total_seconds()) if bucket else (60 if level == "1m" else 3600)
     rows = session.execute(stmt.execution_options(yield_per=BATCH_ROWS))
-    return series_frame(sum_rows(((_epoch(r[0]), *r[1:]) for r in rows), step))
+    return series_frame(sum_rows(((epoch_s(r[0]), *r[1:]) for r in rows), step))
 
 
-def _epoch(at: datetime) -> int:
-    return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp())
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_s(at: datetime) -> int:
+    """Whole seconds since the epoch of an aware (or naive UTC) datetime."""
+    d = (at if at.tzinfo else at.replace(tzinfo=UTC)) - _EPOCH
+    return d.days * 86400 + d.seconds
 
 
 def series_frame(buckets: StageBuckets) -> pd.DataFrame:

@@ -27,8 +27,10 @@ HIST_STAGES: tuple[str, ...] = (*STAGES, "e2e", "server")
 N_BUCKETS: int = len(LATENCY_EDGES_MS) + 1
 #: Count columns of :attr:`StageBuckets.counts`, in order.
 COUNT_COLUMNS: tuple[str, ...] = ("requests", "errors", "e2e_over_budget", "server_over_budget")
-#: Rows summed per numpy step.
-BATCH_ROWS = 20_000
+#: Rows summed per numpy step: a batch's decoded JSON stays alive until it is summed, and many
+#: live containers make Python's garbage collector slow (and, in the console, the GUI thread's
+#: young collections long), so batches are small.
+BATCH_ROWS = 2_000
 
 
 @dataclass
@@ -117,7 +119,10 @@ def sum_rows(rows: Iterable[Sequence[Any]], step_s: int) -> StageBuckets:
         keys, g = np.unique(starts, return_inverse=True)
         part = StageBuckets.zeros(keys)
         np.add.at(part.counts, g, np.asarray([[int(v or 0) for v in r[1:5]] for r in batch], dtype=np.int64))
-        rows_i, stages_i, hists, sums = [], [], [], []
+        rows_i: list[int] = []
+        stages_i: list[int] = []
+        flat: list[int] = []  # the histograms' counts, N_BUCKETS per (row, stage)
+        sums: list[float] = []
         for i, r in enumerate(batch):
             hist_json, sum_json = r[5] or {}, r[6] or {}
             for name, counts in hist_json.items():
@@ -126,10 +131,11 @@ def sum_rows(rows: Iterable[Sequence[Any]], step_s: int) -> StageBuckets:
                     continue
                 rows_i.append(g[i])
                 stages_i.append(s)
-                hists.append(counts)
+                flat.extend(counts)
                 sums.append(float(sum_json.get(name) or 0.0))
-        if hists:
-            np.add.at(part.hist, (np.asarray(rows_i), np.asarray(stages_i)), np.asarray(hists, dtype=np.int64))
+        if rows_i:
+            hist = np.asarray(flat, dtype=np.int64).reshape(len(rows_i), N_BUCKETS)
+            np.add.at(part.hist, (np.asarray(rows_i), np.asarray(stages_i)), hist)
             np.add.at(part.sum_ms, (np.asarray(rows_i), np.asarray(stages_i)), np.asarray(sums))
         parts.append(part)
     if len(parts) == 1:

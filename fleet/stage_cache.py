@@ -43,10 +43,6 @@ def _key(cohort: Any | None) -> tuple:
     return tuple(getattr(cohort, k, None) for k in rollups.COHORT_KEY) if cohort is not None else ()
 
 
-def _epoch(at: datetime) -> int:
-    return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp())
-
-
 class CohortMinuteCache:
     """Per cohort, the per-minute sums of ``cohort_rollups_1m``, read once.
 
@@ -103,10 +99,10 @@ class CohortMinuteCache:
         wm = rollups.rollup_watermark(session, "1m")
         if wm is None:
             return StageBuckets.zeros([])
-        lo, hi = _epoch(start), min(_epoch(end), _epoch(wm))
+        lo, hi = rollups.epoch_s(start), min(rollups.epoch_s(end), rollups.epoch_s(wm))
         cohort_from = rollups.rollup_watermark(session, rollups.COHORT_FROM_LEVEL)
         if cohort_from is not None:
-            lo = max(lo, _epoch(cohort_from))
+            lo = max(lo, rollups.epoch_s(cohort_from))
         lo, hi = lo // 60 * 60, hi // 60 * 60
         if hi <= lo:
             return StageBuckets.zeros([])
@@ -146,4 +142,4 @@ class CohortMinuteCache:
                 stmt = stmt.where(getattr(c, k) == getattr(cohort, k))
         self.reads += 1
         rows = session.execute(stmt.execution_options(yield_per=BATCH_ROWS))
-        return sum_rows(((_epoch(r[0]), *r[1:]) for r in rows), 60)
+        return sum_rows(((rollups.epoch_s(r[0]), *r[1:]) for r in rows), 60)

@@ -8,12 +8,14 @@ derive from :class:`Base`.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -73,11 +75,22 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
 
+def json_loads(text: str | bytes) -> Any:
+    """Decode a JSON column: orjson (~5× faster than :func:`json.loads` on the rollups'
+    histogram JSON, benchmarks/service_flow_load.py), falling back to :func:`json.loads` for
+    what only it accepts (``NaN``/``Infinity``, which :func:`json.dumps` writes)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine for ``url``.
 
     For SQLite the parent directory is created, and each connection gets WAL journaling (readers
     don't block the writer), foreign keys on, and a busy timeout of ``SQLITE_BUSY_TIMEOUT_S``.
+    JSON columns are decoded with :func:`json_loads` (written with :func:`json.dumps`, as before).
 
     Parameters
     ----------
@@ -86,6 +99,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         ``postgresql+psycopg://postgres@127.0.0.1:5432/test``.
     """
     parsed = make_url(url)
+    kwargs.setdefault("json_deserializer", json_loads)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
