@@ -31,6 +31,16 @@ def _seed(session, start: datetime, minutes: int, rng: np.random.Generator) -> N
     _more(session, units, start, minutes, rng)
 
 
+def _rolled_up(runtime, minutes: int, seed: int) -> tuple[datetime, np.random.Generator]:
+    """``minutes`` of heartbeats from :data:`T0` rolled up by ``compute_rollups``; returns (now, rng)."""
+    rng = np.random.default_rng(seed)
+    now = T0 + timedelta(minutes=minutes)
+    with runtime.session_factory.begin() as s:
+        _seed(s, T0, minutes, rng)
+        compute_rollups(s, now)
+    return now, rng
+
+
 def _more(session, units: list[Unit], start: datetime, minutes: int, rng: np.random.Generator) -> None:
     scale = {"wake": 200, "upload": 300, "stt": 450, "qa": 150, "tts": 200, "playback": 600}
     for u in units:
@@ -52,11 +62,7 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 @pytest.mark.parametrize("cohort", [None, Cohort(site="seoul"), Cohort(stt_version="stt-2")])
 def test_cached_figures_equal_the_uncached_ones_and_later_reads_fetch_only_new_minutes(runtime, cohort) -> None:
-    rng = np.random.default_rng(7)
-    now = T0 + timedelta(minutes=40)
-    with runtime.session_factory.begin() as s:
-        _seed(s, T0, 40, rng)
-        compute_rollups(s, now)
+    now, rng = _rolled_up(runtime, 40, 7)
     cache = CohortMinuteCache()
     with runtime.session_factory() as s:
         for span in (timedelta(hours=1), timedelta(days=1)):
@@ -82,11 +88,7 @@ def test_cached_figures_equal_the_uncached_ones_and_later_reads_fetch_only_new_m
 
 
 def test_tag_cohorts_bypass_the_cache(runtime) -> None:
-    rng = np.random.default_rng(3)
-    now = T0 + timedelta(minutes=20)
-    with runtime.session_factory.begin() as s:
-        _seed(s, T0, 20, rng)
-        compute_rollups(s, now)
+    now, _ = _rolled_up(runtime, 20, 3)
     cache = CohortMinuteCache()
     lab = Cohort(tag="lab")
     with runtime.session_factory() as s:
@@ -99,11 +101,7 @@ def test_tag_cohorts_bypass_the_cache(runtime) -> None:
 
 
 def test_cache_drops_minutes_past_keep_and_least_recent_cohorts(runtime) -> None:
-    rng = np.random.default_rng(5)
-    now = T0 + timedelta(minutes=30)
-    with runtime.session_factory.begin() as s:
-        _seed(s, T0, 30, rng)
-        compute_rollups(s, now)
+    now, _ = _rolled_up(runtime, 30, 5)
     cache = CohortMinuteCache(keep=timedelta(minutes=10), max_cohorts=2)
     with runtime.session_factory() as s:
         got = cache.minutes(s, None, T0, now)
