@@ -1,6 +1,8 @@
 """The longest GUI-thread stall of the console while the collector polls a 10,000-unit fleet.
 
-Builds what ``speakerops demo`` builds — the real simulator (``speakerops sim --units N``) over
+Builds what ``speakerops demo`` builds — the real simulator (``speakerops sim --units N``; run
+``--sim-nice`` 10 steps nicer, as it stands in for remote units whose CPU is not the
+workstation's) over
 real HTTP, its inventory imported into a fresh SQLite database (or ``--db-url``) with the demo's
 feedback and tickets, and the real ``MainWindow`` from ``console.app.create_console`` with its
 collector polling every 10 s (in its own process, as the console runs it, or ``--collector
@@ -263,11 +265,15 @@ def script(window: Any) -> list[tuple[str, Callable[[], Any]]]:
 
 
 # -- setup -----------------------------------------------------------------------------------
-def start_simulator(units: int, tmp: Path) -> tuple[subprocess.Popen, Path]:
+def start_simulator(units: int, tmp: Path, nice: int) -> tuple[subprocess.Popen, Path]:
+    """The simulator as a child process, ``nice`` steps nicer than this one: it stands in for
+    10,000 remote units, whose CPU is not the workstation's."""
     inventory = tmp / "inventory.csv"
     proc = subprocess.Popen([sys.executable, "-m", "speakerops.cli", "sim", "--units", str(units),
                              "--inventory", str(inventory), "--data-dir", str(tmp / "sim")],
                             stdout=subprocess.PIPE, text=True)
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, proc.pid, os.getpriority(os.PRIO_PROCESS, proc.pid) + nice)
     assert proc.stdout is not None
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -417,6 +423,9 @@ def main() -> None:
                          "`speakerops demo` runs it): its own process, or a thread of the console")
     ap.add_argument("--switch-interval-ms", type=float, default=None,
                     help="override sys.setswitchinterval for an experiment (default: as the console runs)")
+    ap.add_argument("--sim-nice", type=int, default=10,
+                    help="niceness added to the simulator process (default 10: it stands in for remote "
+                         "units; 0 to let it compete with the console as an equal)")
     ap.add_argument("--sample-after-ms", type=float, default=40.0,
                     help="sample stacks while a tick is this late (default 40)")
     args = ap.parse_args()
@@ -425,7 +434,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         os.environ["SPEAKEROPS_DATA_DIR"] = str(tmp / "data")
         t0 = time.perf_counter()
-        proc, inventory = start_simulator(args.units, tmp)
+        proc, inventory = start_simulator(args.units, tmp, args.sim_nice)
         print(f"simulator: {args.units:,} units ({time.perf_counter() - t0:.1f} s)")
         code = 1
         try:
@@ -447,7 +456,7 @@ def main() -> None:
 def run_console(db_url: str, args: argparse.Namespace, tmp: Path) -> int:
     from PySide6.QtCore import QSettings, Qt, QTimer
 
-    from console.app import create_console
+    from console.app import COLLECTOR_NICE, create_console
     from console.settings import ConsoleSettings
     from fleet.settings import CollectorSettings
 
@@ -464,7 +473,8 @@ def run_console(db_url: str, args: argparse.Namespace, tmp: Path) -> int:
     collector_settings = CollectorSettings()
     print(f"console: platform {app.platformName()}, db {console.ctx.db_backend}, collector every "
           f"{collector_settings.interval_s:g} s, concurrency {collector_settings.concurrency} "
-          f"({'a thread of the console' if in_process else 'its own process'}); GIL switch interval "
+          f"({'a thread of the console' if in_process else 'its own process, nice +%d' % COLLECTOR_NICE}); "
+          f"simulator nice +{args.sim_nice}; GIL switch interval "
           f"{sys.getswitchinterval() * 1000:g} ms; warm-up {args.warmup:g} s, "
           f"measuring {args.seconds:g} s (shared 2-core machine: figures are noisy)")
 

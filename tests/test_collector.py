@@ -299,3 +299,21 @@ def test_child_collector_stops_when_its_console_is_killed(runtime) -> None:
     else:
         os.kill(child_pid, signal.SIGKILL)
         pytest.fail("the collector kept running after its console was killed")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_console_collector_process_runs_nicer_and_stops(runtime) -> None:
+    """The console's child collector runs COLLECTOR_NICE steps nicer than the console (the GUI
+    thread gets the cores first) and ``stop`` ends it."""
+    import os
+
+    from console.app import COLLECTOR_NICE, CollectorProcess
+
+    proc = CollectorProcess(runtime.db_url)
+    proc.start()
+    try:
+        assert proc.is_running
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == os.getpriority(os.PRIO_PROCESS, 0) + COLLECTOR_NICE
+    finally:
+        proc.stop(10)
+    assert not proc.is_running
