@@ -121,3 +121,24 @@ def test_latest_health_without_last_heartbeat_at_falls_back_to_the_newest_row(ru
         df = fleet_snapshot(s, now).set_index("serial")
     assert df.loc["SPK-H", "cpu_pct"] == 12.0
     assert df.loc["SPK-I", "cpu_pct"] == 22.0
+
+
+def test_p95_per_unit_matches_numpy_and_the_histogram_percentile() -> None:
+    from fleet.queries import _p95_per_unit
+    from fleet.rollups import N_BUCKETS, bucket_index, hist_percentile
+
+    rng = np.random.default_rng(11)
+    units = np.arange(1, 41, dtype=np.int64)
+    s_units = rng.choice(units[:30], 600)  # units 31–40 have no samples
+    samples = rng.lognormal(7.0, 0.5, 600)
+    hist = {u: np.bincount(rng.integers(0, N_BUCKETS, 5), minlength=N_BUCKETS) for u in (5, 6, 35)}
+    got = _p95_per_unit(units, hist, s_units, samples)
+    for i, u in enumerate(units):
+        mine = samples[s_units == u]
+        if u in hist:
+            counts = hist[u] + np.bincount(bucket_index(mine), minlength=N_BUCKETS)
+            assert got[i] == hist_percentile(counts.tolist(), 95)
+        elif len(mine):
+            assert got[i] == np.percentile(mine, 95)
+        else:
+            assert np.isnan(got[i])
