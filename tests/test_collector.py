@@ -152,14 +152,15 @@ def test_background_collector_reports_cycles_and_stops(runtime, fleet) -> None:
 
     def on_cycle(result):
         seen.append(result)
-        done.set()
+        if result.ok == len(fleet):  # a first cycle on a busy machine may time some units out
+            done.set()
 
     bg = BackgroundCollector(Collector(runtime.session_factory, runtime.clock, FAST), on_cycle)
     bg.start()
-    assert done.wait(15), "no cycle within 15 s"
+    assert done.wait(30), f"no cycle polled every unit within 30 s: {[r.ok for r in seen]}"
     bg.stop()
     assert not bg.is_running
-    assert seen[0].ok == len(fleet)
+    assert any(r.ok == len(fleet) for r in seen)
     assert not any(t.name == "speakerops-collector" for t in threading.enumerate())
 
 
