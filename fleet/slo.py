@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 
 from fleet import rollups as _rollups
 from fleet.models import (
-    LATENCY_EDGES_MS,
     CohortRollup1m,
     STAGES,
     Heartbeat,
@@ -34,7 +33,7 @@ from fleet.models import (
     UnitRollup1m,
 )
 from fleet.queries import latest_heartbeats, stream_rows
-from fleet.stage_buckets import HIST_STAGES, StageBuckets
+from fleet.stage_buckets import HIST_STAGES, N_BUCKETS, StageBuckets, sum_rows
 from fleet.stage_cache import CohortMinuteCache
 
 logger = logging.getLogger(__name__)
@@ -113,15 +112,6 @@ def _minute_model(units: Units) -> type:
 
 
 # -- latency accumulation (raw samples and rollup histograms) ---------------------------------
-_EDGES = np.asarray(LATENCY_EDGES_MS, dtype=float)
-
-
-def _hist_of(values: Iterable[float]) -> np.ndarray:
-    """Counts per :data:`LATENCY_EDGES_MS` bucket (upper edge inclusive, last bucket open)."""
-    arr = np.asarray(list(values), dtype=float)
-    return np.bincount(np.searchsorted(_EDGES, arr, side="left"), minlength=len(_EDGES) + 1)
-
-
 def hist_percentile(counts: Iterable[int], q: float) -> float:
     """The ``q``-th percentile (0–100), ms, of a :data:`LATENCY_EDGES_MS` histogram, linearly
     interpolated inside its bucket (:func:`fleet.rollups.hist_percentile`); NaN for an empty
@@ -135,7 +125,7 @@ class _Latency:
     """Latencies of one stage: exact samples (raw heartbeats) plus rollup histogram counts."""
 
     samples: list[float] = field(default_factory=list)
-    hist: np.ndarray = field(default_factory=lambda: np.zeros(len(LATENCY_EDGES_MS) + 1))
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(N_BUCKETS))
     hist_total: float = 0.0
     total_ms: float = 0.0
 
@@ -146,7 +136,7 @@ class _Latency:
     def percentile(self, q: float) -> float:
         if self.hist_total == 0:
             return float(np.percentile(self.samples, q)) if self.samples else float("nan")
-        return hist_percentile(self.hist + _hist_of(self.samples), q)
+        return hist_percentile(self.hist + np.bincount(_rollups.bucket_index(self.samples), minlength=N_BUCKETS), q)
 
     @property
     def mean(self) -> float:
@@ -247,14 +237,22 @@ def _add_rollups(session: Session, tally: _Tally, model: type, since: datetime, 
     if not stages:
         return
     stmt = select(model.latency_hist, model.latency_sum_ms).where(*span, model.requests > 0)
-    for hists, total_ms in stream_rows(session, _restrict(stmt, model, units)):
-        for name, counts in (hists or {}).items():
+    rows = stream_rows(session, _restrict(stmt, model, units))
+    # one bucket for the whole span; the counts above are already in the tally
+    _add_histograms(tally, sum_rows(((0, 0, 0, 0, 0, hists, total_ms) for hists, total_ms in rows), 1))
+
+
+def _add_histograms(tally: _Tally, buckets: StageBuckets) -> None:
+    """The per-stage histograms and latency sums of ``buckets`` (counts left out)."""
+    if not len(buckets):
+        return
+    hist, total_ms = buckets.hist.sum(axis=0), buckets.sum_ms.sum(axis=0)
+    for i, name in enumerate(HIST_STAGES):
+        if hist[i].any():
             acc = tally.stage(name)
-            arr = np.asarray(counts, dtype=float)
-            if len(arr) == len(acc.hist):
-                acc.hist += arr
-                acc.hist_total += arr.sum()
-                acc.total_ms += float((total_ms or {}).get(name, 0.0) or 0.0)
+            acc.hist += hist[i]
+            acc.hist_total += float(hist[i].sum())
+            acc.total_ms += float(total_ms[i])
 
 
 def _add_buckets(tally: _Tally, buckets: StageBuckets, stages: bool) -> None:
@@ -265,14 +263,8 @@ def _add_buckets(tally: _Tally, buckets: StageBuckets, stages: bool) -> None:
     tally.e2e_over += e2e_over
     tally.server_over += server_over
     tally.bad_latency += e2e_over + server_over
-    if stages and len(buckets):
-        hist, total_ms = buckets.hist.sum(axis=0), buckets.sum_ms.sum(axis=0)
-        for i, name in enumerate(HIST_STAGES):
-            if hist[i].any():
-                acc = tally.stage(name)
-                acc.hist += hist[i]
-                acc.hist_total += float(hist[i].sum())
-                acc.total_ms += float(total_ms[i])
+    if stages:
+        _add_histograms(tally, buckets)
 
 
 def _collect(session: Session, since: datetime, until: datetime, units: Units,
