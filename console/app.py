@@ -256,6 +256,16 @@ class Console:
         gc.unfreeze()  # what create_console froze is collectable again (tests run many consoles)
 
 
+def read_processes(db_url: str, settings: ConsoleSettings) -> bool:
+    """True if the pages' periodic reads run in read processes (``settings.reads``): not for an
+    in-memory SQLite database, which another process cannot open."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    return settings.reads == "process" and not memory
+
+
 def create_console(argv: list[str] | None = None, *, db_url: str | None = None,
                    collect: bool = True, clock: Clock = utc_now,
                    settings: ConsoleSettings | None = None,
@@ -287,10 +297,10 @@ def create_console(argv: list[str] | None = None, *, db_url: str | None = None,
     collector_process = CollectorProcess(ctx.db_url) if collect and not in_process else None
     if collector_process is not None:
         collector_process.start()
-    executors = Executors(reporter)
+    executors = Executors(reporter, read_db_url=ctx.db_url if read_processes(ctx.db_url, settings) else None)
     gc_timer = getattr(app, "_speakerops_gc", None)
     if gc_timer is not None:
-        gc_timer.set_busy(lambda: executors.active_thread_count() > 0)
+        gc_timer.set_busy(lambda: any(ex.active_thread_count() for ex in executors.all() if ex.in_process))
     window = MainWindow(ctx, executors, reporter, theme, qsettings=qsettings,
                         refresh_interval_s=settings.refresh_interval_s, collector_process=collector_process)
     freeze_startup_heap()

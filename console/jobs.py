@@ -165,6 +165,9 @@ class Job:
             raise RuntimeError("Job.start() must be called on the GUI thread")
         if self._executor is not None:
             raise RuntimeError(f"job {self.name} was already started")
+        if self._progress and not executor.in_process:
+            raise RuntimeError(f"job {self.name} reports progress; the {executor.name} executor runs jobs in "
+                               "another process, which cannot: start it on a thread executor")
         self._executor = executor
         self._owner = owner
         self._relay = _Relay(self)
@@ -189,6 +192,8 @@ class Job:
     # -- worker side --------------------------------------------------------------------
     def _call_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self._kwargs)
+        if self._executor is not None and not self._executor.in_process:
+            return kwargs  # a read process gets neither callback (see ProcessExecutor)
         if self._progress:
             kwargs["report"] = self._report
         try:
@@ -211,7 +216,8 @@ class Job:
             relay.sig_cancelled.emit()
             return
         try:
-            result = self._fn(*self._args, **self._call_kwargs())
+            assert self._executor is not None
+            result = self._executor._call(self._fn, self._args, self._call_kwargs())
         except Exception as exc:  # delivered to on_failure or the reporter
             logger.debug("job %s failed: %r", self.name, exc)
             relay.sig_failed.emit(exc)
@@ -281,6 +287,9 @@ class Executor:
         then they are logged).
     """
 
+    #: Jobs run in this process (False: in a read process, see :class:`ProcessExecutor`).
+    in_process = True
+
     def __init__(self, name: str, max_threads: int, reporter: Any = None) -> None:
         self.name = name
         self.reporter = reporter
@@ -298,6 +307,14 @@ class Executor:
     def active_thread_count(self) -> int:
         """Threads of the pool running a job now."""
         return self._pool.activeThreadCount()
+
+    def portable(self, session_factory: Any, clock: Callable[[], Any]) -> tuple[Any, Callable[[], Any]]:
+        """The session factory and clock to pass a job's function on this executor: as given
+        (a :class:`ProcessExecutor` swaps in the read process's own and the time now)."""
+        return session_factory, clock
+
+    def _call(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:  # worker thread
+        return fn(*args, **kwargs)
 
     def _submit(self, job: Job) -> None:
         if self._closed:
@@ -339,6 +356,52 @@ class Executor:
         return ok
 
 
+class ProcessExecutor(Executor):
+    """An executor whose jobs run in a child process (:class:`console.read_process.ReadProcess`),
+    one at a time: the console's periodic reads at 10,000 units, which on a thread of the console
+    took the interpreter from the GUI thread (``benchmarks/gui_stall.py``).
+
+    A job's function must be a module-level function of a Qt-free module (e.g.
+    :mod:`console.page_reads`) and its arguments picklable; get the session factory and clock to
+    pass from :meth:`portable`. Jobs get no ``report`` or ``cancelled`` keyword: a cancelled job's
+    read still runs to its end in the child, and its result is dropped. A read process that dies
+    fails the job in flight with ``ReadProcessError`` and is started again for the next one.
+
+    Parameters
+    ----------
+    name
+        For logs (e.g. ``"fleet-reads"``).
+    process
+        The read process (started here, in the background).
+    reporter
+        As for :class:`Executor`.
+    """
+
+    in_process = False
+
+    def __init__(self, name: str, process: Any, reporter: Any = None) -> None:
+        super().__init__(name, 1, reporter)
+        self.process = process
+        process.start()
+
+    def portable(self, session_factory: Any, clock: Callable[[], Any]) -> tuple[Any, Callable[[], Any]]:
+        from console.read_process import CHILD_SESSIONS, FixedClock
+
+        return CHILD_SESSIONS, FixedClock(clock())
+
+    def _call(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+        return self.process.call(fn, *args, **kwargs)
+
+    def shutdown(self, timeout_s: float = 5.0) -> bool:
+        """Stop the read process (a read in flight is abandoned), then as :meth:`Executor.shutdown`."""
+        self._closed = True
+        self._pool.clear()
+        for job in list(self._jobs):
+            job.cancel()
+        self.process.close()
+        return super().shutdown(timeout_s)
+
+
 class Executors:
     """The console's executors, one per resource.
 
@@ -352,14 +415,24 @@ class Executors:
     """
 
     def __init__(self, reporter: Any = None, *, db_threads: int = 2, io_threads: int = 8,
-                 inference_threads: int = 1) -> None:
+                 inference_threads: int = 1, read_db_url: str | None = None) -> None:
         self.db = Executor("db", db_threads, reporter)
         self.io = Executor("io", io_threads, reporter)
         self.inference = Executor("inference", inference_threads, reporter)
+        #: The Fleet page's and the Service-flow page's refreshes: each its own read process on
+        #: ``read_db_url`` (a page's cache then stays in its process), else the ``db`` threads.
+        self.fleet_reads: Executor = self.db
+        self.flow_reads: Executor = self.db
+        if read_db_url is not None:
+            from console.read_process import ReadProcess
 
-    def all(self) -> tuple[Executor, Executor, Executor]:
-        """The executors, ``(db, io, inference)``."""
-        return (self.db, self.io, self.inference)
+            self.fleet_reads = ProcessExecutor("fleet-reads", ReadProcess(read_db_url, name="fleet-reads"), reporter)
+            self.flow_reads = ProcessExecutor("flow-reads", ReadProcess(read_db_url, name="flow-reads"), reporter)
+
+    def all(self) -> tuple[Executor, ...]:
+        """The executors, ``(db, io, inference)`` and the read processes' if any."""
+        extra = tuple(ex for ex in (self.fleet_reads, self.flow_reads) if ex is not self.db)
+        return (self.db, self.io, self.inference, *extra)
 
     def set_reporter(self, reporter: Any) -> None:
         """Send unhandled job failures of every executor to ``reporter``."""

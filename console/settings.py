@@ -23,3 +23,7 @@ class ConsoleSettings(BaseSettings):
     collector: Literal["process", "thread"] = Field(
         "process", description="where the console's own collector runs: a child process "
         "(`speakerops collect`), or a thread of the console (benchmarks/gui_stall.py compares them)")
+    reads: Literal["process", "thread"] = Field(
+        "process", description="where the Fleet and Service-flow pages' periodic reads run: one child "
+        "process per page with its own database connection (console.read_process), or threads of the "
+        "console; an in-memory SQLite database always reads in threads")

@@ -504,3 +504,35 @@ def test_real_background_collector_fills_the_table(tmp_path: Path, db_url: str,
         finally:
             ctx.close()
         assert not ctx.collector.is_running
+
+
+def test_fleet_page_refreshes_from_its_read_process_and_shutdown_stops_it(qtbot, ctx: AppContext,
+                                                                          reporter: ErrorReporter,
+                                                                          tmp_path: Path) -> None:
+    """The console's default: the Fleet page's refreshes run in their own process
+    (console.read_process) on the same database; a new heartbeat shows, and shutting the
+    executors down ends the process."""
+    import os
+
+    ex = Executors(reporter, read_db_url=ctx.db_url)
+    qsettings = QSettings(str(tmp_path / "console.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(ctx, ex, reporter, DARK, qsettings=qsettings, refresh_interval_s=0.2)
+    qtbot.addWidget(win)
+    win.show()
+    page = win.fleet_page
+    reads = ex.fleet_reads.process
+    try:
+        qtbot.waitUntil(lambda: page.model.rowCount() == len(SEEDS), timeout=30_000)
+        pid = reads.pid
+        assert pid is not None and pid != os.getpid() and reads.calls >= 1
+        with ctx.session_factory.begin() as s:
+            unit = s.scalars(select(Unit).where(Unit.serial == "SPK-000006")).one()
+            unit.status = "online"
+            add_heartbeat(s, unit, datetime.now(UTC), 77.7)
+        qtbot.waitUntil(lambda: cell(win, "SPK-000006", "cpu_pct") == "77.7", timeout=10_000)
+    finally:
+        win.shutdown()
+        assert ex.shutdown(timeout_s=30)
+    assert reads.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -18,6 +18,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from console.bootstrap import build
+from console.jobs import Executors
 from console.pages.service_flow import ServiceFlowPage
 from console.theme import DARK
 from fleet.models import STAGES, Heartbeat, Unit
@@ -60,10 +61,23 @@ def ctx(tmp_path: Path, clock):
     context.close()
 
 
+@pytest.fixture(params=["threads", "read process"])
+def page_executors(request, ctx, executors, reporter):
+    """The console's executors with the page's reads on ``db`` threads, or in a read process
+    (the console's default, console.read_process): every test runs on both."""
+    if request.param == "threads":
+        yield executors
+        return
+    ex = Executors(reporter, read_db_url=ctx.db_url)
+    yield ex
+    assert ex.shutdown(timeout_s=30)
+    assert ex.flow_reads.process.pid is None
+
+
 @pytest.fixture
-def page(qtbot, ctx, executors, reporter):
+def page(qtbot, ctx, page_executors, reporter):
     DARK.apply(QApplication.instance())
-    p = ServiceFlowPage(ctx.session_factory, ctx.clock, executors, reporter, DARK, refresh_interval_s=0.3)
+    p = ServiceFlowPage(ctx.session_factory, ctx.clock, page_executors, reporter, DARK, refresh_interval_s=0.3)
     p.resize(1400, 900)
     p.show()
     qtbot.waitUntil(lambda: p.last_load is not None, timeout=10_000)

@@ -15,11 +15,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import pandas as pd
 from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, Signal
 
 from PySide6.QtWidgets import (
@@ -45,12 +43,11 @@ from console.models.fleet_table import (
     FleetFilter,
     FleetTableModel,
     SnapshotIndex,
-    prepare_snapshot,
 )
+from console.page_reads import FleetLoad, load_detail, load_fleet
 from console.pages.fleet_detail import FleetDetailPanel
 from console.theme import STATUS_STYLES, Theme
 from console.widgets import MessageBar, RefreshWhileVisible, StatusDelegate, Tile
-from fleet.queries import fleet_snapshot, unit_detail
 
 logger = logging.getLogger(__name__)
 
@@ -72,43 +69,6 @@ TILES: tuple[tuple[str, str], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class FleetLoad:
-    """What one refresh read: the snapshot (indexed for the table, or a bare frame), the selected
-    unit's detail, and when."""
-
-    snapshot: pd.DataFrame | SnapshotIndex
-    detail_serial: str | None
-    detail: Any
-    now: datetime
-
-    @property
-    def frame(self) -> pd.DataFrame:
-        """The snapshot's rows (one per unit)."""
-        return self.snapshot.frame if isinstance(self.snapshot, SnapshotIndex) else self.snapshot
-
-
-def load_fleet(session_factory: Callable[[], Any], clock: Callable[[], datetime],
-               serial: str | None, view: tuple[FleetFilter, str | None, bool] | None = None) -> FleetLoad:
-    """Read the fleet snapshot and, if ``serial`` is given, that unit's detail, and index the
-    snapshot for the table, with the rows of ``view`` (the table's ``view_spec``) ready
-    (worker thread)."""
-    now = clock()
-    with session_factory() as session:
-        snapshot = fleet_snapshot(session, now)
-        detail = unit_detail(session, serial, now) if serial else None
-    return FleetLoad(prepare_snapshot(snapshot, shown=[view] if view else ()), serial, detail, now)
-
-
-def load_detail(session_factory: Callable[[], Any], clock: Callable[[], datetime],
-                serial: str) -> FleetLoad:
-    """Read only unit ``serial``'s detail (worker thread); ``snapshot`` is left empty."""
-    now = clock()
-    with session_factory() as session:
-        detail = unit_detail(session, serial, now)
-    return FleetLoad(pd.DataFrame(), serial, detail, now)
-
-
 class FleetPage(RefreshWhileVisible, QWidget):
     """Fleet health at a glance, then per unit.
 
@@ -119,7 +79,8 @@ class FleetPage(RefreshWhileVisible, QWidget):
     clock
         Returns aware UTC now.
     executors
-        The console's executors; refreshes run on ``executors.db``.
+        The console's executors; refreshes run on ``executors.fleet_reads`` (a read process, or
+        the ``db`` threads), a selected unit's detail on ``executors.db``.
     reporter
         Gets the failures that are bugs; expected ones show in the page's message bar.
     theme
@@ -273,11 +234,13 @@ class FleetPage(RefreshWhileVisible, QWidget):
             self.refreshes_skipped += 1
             return False
         self._refresh_started = time.monotonic()
+        reads = self._executors.fleet_reads
         self._refresh_job = (
-            Job(load_fleet, self.session_factory, self._clock, self._selected_serial, self.model.view_spec)
+            Job(load_fleet, *reads.portable(self.session_factory, self._clock), self._selected_serial,
+                self.model.view_spec)
             .on_success(self._on_refresh_succeeded)
             .on_failure(self._on_refresh_failed)
-            .start(self._executors.db, owner=self))
+            .start(reads, owner=self))
         return True
 
     def select_serial(self, serial: str) -> bool:

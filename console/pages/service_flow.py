@@ -2,7 +2,7 @@
 and fleet health per group.
 
 Data flow: every ``refresh_interval_s`` (10 s) while the page is visible, or when a selector
-changes, one job on the ``db`` executor runs :func:`load_service_flow` (SLO report, stage
+changes, one job on ``executors.flow_reads`` (a read process, else a ``db`` thread) runs :func:`load_service_flow` (SLO report, stage
 breakdown, p95 series, health aggregates and the cohort options, in one unit of work); the GUI
 thread only draws the result. A tick is skipped while a refresh is in flight; a selector changed
 meanwhile triggers one more refresh when it lands.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,11 +29,11 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from sqlalchemy import select
 
 from console.errors import ErrorReporter, is_expected
 from console.formatting import format_local_time
 from console.jobs import Executors, Job
+from console.page_reads import ServiceFlowLoad, load_service_flow
 from console.pages.service_flow_views import (
     FigureTile,
     HealthTableModel,
@@ -44,15 +43,9 @@ from console.pages.service_flow_views import (
 )
 from console.theme import STATUS_STYLES, Theme
 from console.widgets import MessageBar, RefreshWhileVisible, section_title
-from fleet.models import Unit
 from fleet.slo import (
     SLO_TARGET,
     Cohort,
-    SloStatus,
-    health_aggregates,
-    slo_report,
-    stage_breakdown,
-    stage_p95_series,
 )
 from fleet.stage_cache import CohortMinuteCache
 
@@ -70,50 +63,13 @@ GROUPINGS: tuple[tuple[str, str], ...] = (
 SLO_TILES: tuple[tuple[str, str], ...] = (("slo_1h", "SLO 1 h"), ("slo_24h", "SLO 24 h"), ("slo_30d", "SLO 30 d"))
 
 
-@dataclass(frozen=True)
-class ServiceFlowLoad:
-    """What one refresh read (plain data, built on a worker thread)."""
-
-    now: datetime
-    cohort: Any
-    slo: list[SloStatus]
-    breakdown: pd.DataFrame
-    series: pd.DataFrame
-    health: pd.DataFrame
-    group_by: str
-    options: dict[str, list[str]]
-
-
-def cohort_options(session: Any) -> dict[str, list[str]]:
-    """Distinct sites, hardware revisions and model versions of the units table."""
-    rows = session.execute(select(Unit.site, Unit.hardware_rev, Unit.stt_version, Unit.qa_version,
-                                  Unit.tts_version)).all()
-    pick = lambda i: sorted({str(r[i]) for r in rows if r[i]})  # noqa: E731
-    return {"site": pick(0), "hardware_rev": pick(1), "stt_version": pick(2), "qa_version": pick(3),
-            "tts_version": pick(4)}
-
-
-def load_service_flow(session_factory: Callable[[], Any], clock: Callable[[], datetime], cohort: Any,
-                      span: timedelta, group_by: str, cache: CohortMinuteCache | None = None) -> ServiceFlowLoad:
-    """Everything the page shows, in one unit of work (worker thread); ``cache`` keeps the
-    cohort minutes already read for the next refresh (``fleet.stage_cache``)."""
-    now = clock()
-    with session_factory() as session:
-        return ServiceFlowLoad(
-            now=now, cohort=cohort, slo=slo_report(session, now, cohort, cache=cache),
-            breakdown=stage_breakdown(session, now, cohort=cohort, cache=cache),
-            series=stage_p95_series(session, now, span, cohort, cache=cache),
-            health=health_aggregates(session, now, group_by),  # type: ignore[arg-type]
-            group_by=group_by, options=cohort_options(session))
-
-
 class ServiceFlowPage(RefreshWhileVisible, QWidget):
     """Per-stage latency and the 3 s SLO at a glance.
 
     Parameters
     ----------
     session_factory, clock, executors, reporter, theme
-        As for :class:`console.pages.fleet.FleetPage`; refreshes run on ``executors.db``.
+        As for :class:`console.pages.fleet.FleetPage`; refreshes run on ``executors.flow_reads``.
     refresh_interval_s
         Seconds between refreshes while visible (default 10: the figures move by the minute).
     """
@@ -135,7 +91,8 @@ class ServiceFlowPage(RefreshWhileVisible, QWidget):
         self._closed = False
         self._last_error_key: tuple[str, str] | None = None
         self.last_load: ServiceFlowLoad | None = None
-        #: Cohort minutes read so far, kept between refreshes (one load runs at a time).
+        #: Cohort minutes read so far, kept between refreshes (one load runs at a time) when the
+        #: refreshes run on ``db`` threads; a read process keeps its own (``page_reads.named_cache``).
         self.stage_cache = CohortMinuteCache()
 
         title = QLabel("Service flow")
@@ -272,11 +229,14 @@ class ServiceFlowPage(RefreshWhileVisible, QWidget):
             self._again = True
             return False
         self._again = False
-        self._job = (Job(load_service_flow, self.session_factory, self._clock, self.cohort(),
-                         self.span_combo.currentData(), self.group_combo.currentData(), self.stage_cache)
+        reads = self._executors.flow_reads
+        # in a read process the cache lives there, under this page's name (console.page_reads)
+        cache = self.stage_cache if reads.in_process else f"service-flow-{id(self):x}"
+        self._job = (Job(load_service_flow, *reads.portable(self.session_factory, self._clock), self.cohort(),
+                         self.span_combo.currentData(), self.group_combo.currentData(), cache)
                      .on_success(self._on_load_succeeded)
                      .on_failure(self._on_load_failed)
-                     .start(self._executors.db, owner=self))
+                     .start(reads, owner=self))
         return True
 
     def apply_theme(self, theme: Theme) -> None:
