@@ -217,6 +217,13 @@ class StageBreakdownChart(pg.PlotWidget):
         self.p95_markers.clear()
 
 
+#: Buckets per curve up to which the series chart marks each with a dot (the last hour's 60
+#: minutes; a day's 288 five-minute buckets draw as lines only). Curves are 1 px wide: at 2 px,
+#: Qt's antialiased wide-pen paths made one repaint of a day's chart ~3× as long (42 vs 14 ms,
+#: 1400 × 300 px), and that repaint runs on the GUI thread (benchmarks/gui_stall.py).
+SYMBOL_MAX_POINTS = 120
+
+
 class StageSeriesChart(pg.PlotWidget):
     """p95 latency per stage over time (zoom with the wheel, drag to pan), budgets as lines."""
 
@@ -267,16 +274,25 @@ class StageSeriesChart(pg.PlotWidget):
             self.legend.clear()
             for stage, (x, y) in data.items():
                 style = Qt.PenStyle.DashLine if stage == "e2e" else Qt.PenStyle.SolidLine
-                curve = pg.PlotDataItem(x, y, pen=pg.mkPen(STAGE_COLOURS[stage], width=2, style=style),
-                                        symbol="o", symbolSize=4, symbolBrush=STAGE_COLOURS[stage],
-                                        symbolPen=None, connect="finite",
+                curve = pg.PlotDataItem(x, y, pen=pg.mkPen(STAGE_COLOURS[stage], width=1, style=style),
+                                        symbol=self._symbol(len(x)), symbolSize=4,
+                                        symbolBrush=STAGE_COLOURS[stage], symbolPen=None, connect="finite",
                                         name="end to end" if stage == "e2e" else stage)
                 item.addItem(curve)
                 self.curves[stage] = curve
             item.enableAutoRange()
             return
         for stage, (x, y) in data.items():
-            self.curves[stage].setData(x, y)
+            curve = self.curves[stage]
+            symbol = self._symbol(len(x))
+            if curve.opts["symbol"] != symbol:
+                curve.setSymbol(symbol)
+            curve.setData(x, y)
+
+    @staticmethod
+    def _symbol(points: int) -> str | None:
+        """A dot per bucket only while they are few enough to tell apart (:data:`SYMBOL_MAX_POINTS`)."""
+        return "o" if points <= SYMBOL_MAX_POINTS else None
 
 
 #: (column, header, decimals) of the health table; units in the headers.
