@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication
 
 from console.bootstrap import build
@@ -135,3 +135,23 @@ def test_health_grouping_and_span_selectors_reload(qtbot, page: ServiceFlowPage)
     page.span_combo.setCurrentIndex(2)
     qtbot.waitUntil(lambda: not page.refresh_in_flight, timeout=10_000)
     assert page.series_chart.curves
+
+
+def test_a_newer_load_drops_the_drawing_steps_of_an_older_one(qtbot, page: ServiceFlowPage) -> None:
+    """A load is drawn in steps, each its own turn of the event loop; a load that lands meanwhile
+    wins, and only it is announced."""
+    import dataclasses
+
+    page.timer.stop()
+    qtbot.waitUntil(lambda: not page.refresh_in_flight, timeout=10_000)
+    older = page.last_load
+    newer = dataclasses.replace(older, group_by="hardware_rev")
+    announced: list = []
+    page.sig_loaded.connect(announced.append)
+    page._on_load_succeeded(older)
+    assert page.last_load is older and announced == []  # the first step only so far
+    page._on_load_succeeded(newer)
+    qtbot.waitUntil(lambda: len(announced) > 0, timeout=5000)
+    qtbot.wait(50)
+    assert announced == [newer] and page.last_load is newer
+    assert page.health_model.headerData(0, Qt.Orientation.Horizontal) == "Hardware revision"

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
+import shiboken6
 from PySide6.QtCore import Qt, QTimer, Signal
 
 from PySide6.QtWidgets import (
@@ -90,7 +91,8 @@ class ServiceFlowPage(RefreshWhileVisible, QWidget):
         self._again = False
         self._closed = False
         self._last_error_key: tuple[str, str] | None = None
-        self.last_load: ServiceFlowLoad | None = None
+        self.last_load: ServiceFlowLoad | None = None  #: the last load drawn in full
+        self._show_token = 0
         #: Cohort minutes read so far, kept between refreshes (one load runs at a time) when the
         #: refreshes run on ``db`` threads; a read process keeps its own (``page_reads.named_cache``).
         self.stage_cache = CohortMinuteCache()
@@ -272,8 +274,10 @@ class ServiceFlowPage(RefreshWhileVisible, QWidget):
         if self._last_error_key is not None:
             self._last_error_key = None
             self.message_bar.clear()
+        self._show(load, then=self._on_shown)
+
+    def _on_shown(self, load: ServiceFlowLoad) -> None:
         self.last_load = load
-        self._show(load)
         self.sig_loaded.emit(load)
         if self._again:
             self.refresh()
@@ -296,7 +300,36 @@ class ServiceFlowPage(RefreshWhileVisible, QWidget):
             self.refresh()
 
     # -- drawing ------------------------------------------------------------------------
-    def _show(self, load: ServiceFlowLoad) -> None:
+    def _show(self, load: ServiceFlowLoad, then: Callable[[ServiceFlowLoad], None] | None = None) -> None:
+        """Draw ``load`` in three steps, each its own turn of the event loop (tiles and breakdown;
+        the p95 series; the health table and selectors), then call ``then(load)``: the page's
+        first draw — every chart item made — took 120 ms of GUI-thread time in one piece
+        (benchmarks/gui_stall.py). A newer load drops the steps of an older one."""
+        self._show_token += 1
+        token = self._show_token
+        steps = [self._show_figures, self._show_series, self._show_table]
+
+        def step() -> None:
+            if token != self._show_token or self._closed or not shiboken6.isValid(self):
+                return
+            steps.pop(0)(load)
+            if steps:  # 1 ms, not 0: Qt runs a 0 ms single shot as a posted event, in the same turn
+                QTimer.singleShot(1, self, step)
+            elif then is not None:
+                then(load)
+
+        step()
+
+    def _show_series(self, load: ServiceFlowLoad) -> None:
+        self.series_chart.set_series(load.series)
+
+    def _show_table(self, load: ServiceFlowLoad) -> None:
+        key_label = dict(GROUPINGS)[load.group_by]
+        self.health_model.set_frame(load.health, load.group_by, key_label)
+        self._set_options(load.options)
+        self.updated_label.setText(f"Updated {format_local_time(load.now, zone=True)}")
+
+    def _show_figures(self, load: ServiceFlowLoad) -> None:
         for (key, _), status in zip(SLO_TILES, load.slo):
             self.tiles[key].set_figure(*slo_tile_figure(status))
             self.tiles[key].setToolTip(
@@ -316,11 +349,6 @@ class ServiceFlowPage(RefreshWhileVisible, QWidget):
             self.tiles["error_rate"].set_figure("—", "no requests in the last hour")
         self.breakdown_chart.set_breakdown(bd)
         self.grew_label.setText(self._grew_words(bd))
-        self.series_chart.set_series(load.series)
-        key_label = dict(GROUPINGS)[load.group_by]
-        self.health_model.set_frame(load.health, load.group_by, key_label)
-        self._set_options(load.options)
-        self.updated_label.setText(f"Updated {format_local_time(load.now, zone=True)}")
 
     @staticmethod
     def _grew_words(bd: pd.DataFrame) -> str:
