@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import gc
 import logging
-import multiprocessing
 import os
 import pickle
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -161,14 +164,15 @@ class ReadProcess:
     nice
         Niceness added to the child (default :data:`READ_NICE`).
     name
-        For logs and the process title.
+        For logs and messages.
     preload
         Modules the child imports before it is ready (default :data:`PRELOAD`).
 
     Notes
     -----
-    The child starts on the first :meth:`start` or :meth:`call`, with the ``spawn`` method (no
-    fork of a process that runs Qt). If it dies, the call in flight raises
+    The child (``python -m console.read_process``, a new interpreter: no fork of a process that
+    runs Qt, and no second import of the parent's ``__main__``) starts on the first :meth:`start`
+    or :meth:`call`; it talks over a socket pair. If it dies, the call in flight raises
     :class:`ReadProcessError` and the next call starts a new child. It ends with
     :meth:`close`, or by itself when the console's end closes the pipe.
     """
@@ -190,7 +194,7 @@ class ReadProcess:
     def pid(self) -> int | None:
         """The child's process id while it runs."""
         p = self._process
-        return p.pid if p is not None and p.is_alive() else None
+        return p.pid if p is not None and p.poll() is None else None
 
     def start(self) -> None:
         """Start the child now, without waiting for it to be ready (the first call waits)."""
@@ -200,16 +204,27 @@ class ReadProcess:
     def _ensure_started(self) -> None:
         if self._closed:
             raise ReadProcessError(f"the {self.name} read process is closed")
-        if self._process is not None and self._process.is_alive():
+        if self._process is not None and self._process.poll() is None:
             return
         self._reap()
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_child_main, args=(child, self.db_url, self.nice, self.preload),
-                           name=f"speakerops-{self.name}", daemon=True)
-        proc.start()
-        child.close()
-        self._process, self._conn = proc, parent
+        # a plain child interpreter (not multiprocessing's spawn, which imports the parent's
+        # __main__ again: a script without a __main__ guard would build a second console there);
+        # the database URL goes in its environment, not on its command line (process list)
+        parent, child = socket.socketpair()
+        src = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ, SPEAKEROPS_READ_DB_URL=self.db_url,
+                   PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "console.read_process", str(child.fileno()),
+                                     str(self.nice), ",".join(self.preload)],
+                                    pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL)
+        except OSError as exc:
+            parent.close()
+            raise ReadProcessError(f"the {self.name} read process could not start: {exc}") from exc
+        finally:
+            child.close()
+        self._process, self._conn = proc, Connection(parent.detach())
         self._ready = False
         self.starts += 1
 
@@ -232,16 +247,16 @@ class ReadProcess:
             try:
                 if conn.poll(0.1):
                     return pickle.loads(conn.recv_bytes())
-                if proc.is_alive() and (deadline is None or time.monotonic() < deadline):
+                if proc.poll() is None and (deadline is None or time.monotonic() < deadline):
                     continue
-                timed_out = proc.is_alive()
+                timed_out = proc.poll() is None
             except (EOFError, OSError):  # the child closed its end: it ended
                 timed_out = False
             self._reap()
             if timed_out:
                 raise ReadProcessError(f"the {self.name} read process did not answer ({what}) within "
                                        f"{timeout_s:g} s; it was stopped and starts again on the next read")
-            raise ReadProcessError(f"the {self.name} read process ended (exit status {proc.exitcode}) "
+            raise ReadProcessError(f"the {self.name} read process ended (exit status {proc.returncode}) "
                                    f"during {what}; it starts again on the next read")
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -280,12 +295,13 @@ class ReadProcess:
         if conn is not None:
             conn.close()
         if proc is not None:
-            if proc.is_alive():
+            if proc.poll() is None:
                 proc.terminate()
-            proc.join(2.0)
-            if proc.is_alive():  # pragma: no cover - terminate is SIGTERM; the child has no handler
+            try:
+                proc.wait(2.0)
+            except subprocess.TimeoutExpired:  # pragma: no cover - SIGTERM ends it (no handler)
                 proc.kill()
-                proc.join(2.0)
+                proc.wait(2.0)
 
     def close(self) -> None:
         """Stop the child (a read in flight is abandoned: its caller gets ReadProcessError);
@@ -301,9 +317,28 @@ class ReadProcess:
                 pass
         if self._lock.acquire(timeout=0.5):
             try:
-                proc.join(1.0)
+                try:
+                    proc.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    pass
                 self._reap()
             finally:
                 self._lock.release()
         else:  # a call is waiting for its answer: stop the child, the call then fails
             proc.terminate()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m console.read_process FD NICE PRELOAD``: the child's entry (see
+    :class:`ReadProcess`); the database URL comes from ``SPEAKEROPS_READ_DB_URL``."""
+    args = sys.argv[1:] if argv is None else argv
+    fd, nice, preload = int(args[0]), int(args[1]), tuple(m for m in args[2].split(",") if m)
+    _child_main(Connection(fd), os.environ["SPEAKEROPS_READ_DB_URL"], nice, preload)
+
+
+if __name__ == "__main__":
+    # run as a module of the package, not as __main__: CHILD_SESSIONS and the factory it reads
+    # must be console.read_process's, which is what the calls' pickles name
+    from console import read_process
+
+    read_process.main()
