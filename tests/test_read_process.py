@@ -139,13 +139,17 @@ def test_close_during_a_read_fails_that_read_instead_of_waiting_for_it(runtime) 
     assert isinstance(outcome[0], ReadProcessError)
 
 
-def test_the_child_ends_when_its_parent_is_killed(tmp_path) -> None:
+def test_the_child_ends_when_its_parent_is_killed_and_never_runs_the_parents_script(tmp_path) -> None:
     script = ("import os, sys; sys.path.insert(0, %r)\n"
               "from console.read_process import ReadProcess\n"
               "rp = ReadProcess('sqlite:///%s')\n"
               "print(rp.call(os.getpid), flush=True)\n"
               "os.kill(os.getpid(), 9)\n") % (str(REPO), tmp_path / "x.db")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    # a script file without a __main__ guard: the child must not run it again
+    path = tmp_path / "unguarded.py"
+    path.write_text(script)
+    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
+    assert len(out.stdout.split()) == 1, out.stdout + out.stderr
     child = int(out.stdout.split()[0])
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
