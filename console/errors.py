@@ -48,11 +48,16 @@ _CORE_PACKAGES = ("fleet", "inference_core", "feedback", "speakerops")
 def is_expected(exc: BaseException) -> bool:
     """True if ``exc`` is a failure the operator can act on rather than a bug.
 
-    Expected: ``OSError`` (incl. ``ConnectionError``, ``TimeoutError``), SQLAlchemy's
+    Expected: ``OSError`` (incl. ``ConnectionError``, ``TimeoutError``), a read process that
+    ended (``console.read_process.ReadProcessError``), SQLAlchemy's
     ``OperationalError`` / ``InterfaceError`` / pool ``TimeoutError``, and the typed errors of
     the core packages (classes defined in ``fleet.errors``, ``inference_core.errors``, ...).
     """
     if isinstance(exc, OSError):
+        return True
+    from console.read_process import ReadProcessError
+
+    if isinstance(exc, ReadProcessError):  # a read process ended; the next read starts a new one
         return True
     try:
         from sqlalchemy import exc as sa_exc

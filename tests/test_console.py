@@ -513,6 +513,7 @@ def test_fleet_page_refreshes_from_its_read_process_and_shutdown_stops_it(qtbot,
     (console.read_process) on the same database; a new heartbeat shows, and shutting the
     executors down ends the process."""
     import os
+    import signal
 
     ex = Executors(reporter, read_db_url=ctx.db_url)
     qsettings = QSettings(str(tmp_path / "console.ini"), QSettings.Format.IniFormat)
@@ -530,6 +531,20 @@ def test_fleet_page_refreshes_from_its_read_process_and_shutdown_stops_it(qtbot,
             unit.status = "online"
             add_heartbeat(s, unit, datetime.now(UTC), 77.7)
         qtbot.waitUntil(lambda: cell(win, "SPK-000006", "cpu_pct") == "77.7", timeout=10_000)
+
+        # the read process killed: the page says so in its message bar (no dialog), keeps its
+        # figures, and the next refresh runs in a new process
+        page.timer.stop()
+        qtbot.waitUntil(lambda: not page.refresh_in_flight, timeout=10_000)
+        os.kill(pid, signal.SIGKILL)
+        with qtbot.waitSignal(page.sig_refresh_failed, timeout=10_000):
+            page.refresh()
+        assert "read process ended" in page.message_bar.text()
+        assert reporter.history[-1].expected and reporter.dialogs == []
+        assert page.model.rowCount() == len(SEEDS)
+        page.timer.start()
+        qtbot.waitUntil(lambda: page.message_bar.text() == "", timeout=10_000)
+        assert reads.pid not in (None, pid) and reads.starts == 2
     finally:
         win.shutdown()
         assert ex.shutdown(timeout_s=30)
