@@ -316,6 +316,10 @@ class Executor:
     def _call(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:  # worker thread
         return fn(*args, **kwargs)
 
+    def _stop_running(self) -> None:
+        """Shutdown's hook between cancelling the jobs and waiting for their threads (threads
+        cannot be stopped: nothing here; a :class:`ProcessExecutor` stops its read process)."""
+
     def _submit(self, job: Job) -> None:
         if self._closed:
             raise RuntimeError(f"the {self.name} executor is shut down; no new jobs")
@@ -346,6 +350,7 @@ class Executor:
         self._pool.clear()  # jobs not started yet never run
         for job in list(self._jobs):
             job.cancel()
+        self._stop_running()
         ok = self._pool.waitForDone(int(timeout_s * 1000))
         if not ok:
             logger.warning("%s executor: workers still running after %.1f s", self.name, timeout_s)
@@ -392,14 +397,8 @@ class ProcessExecutor(Executor):
     def _call(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
         return self.process.call(fn, *args, **kwargs)
 
-    def shutdown(self, timeout_s: float = 5.0) -> bool:
-        """Stop the read process (a read in flight is abandoned), then as :meth:`Executor.shutdown`."""
-        self._closed = True
-        self._pool.clear()
-        for job in list(self._jobs):
-            job.cancel()
-        self.process.close()
-        return super().shutdown(timeout_s)
+    def _stop_running(self) -> None:
+        self.process.close()  # the read in flight fails at once instead of running to its end
 
 
 class Executors:

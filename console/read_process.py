@@ -119,26 +119,30 @@ def _child_main(conn: Connection, db_url: str, nice: int, preload: tuple[str, ..
     _send(conn, ("ready", os.getpid()))
     while True:
         try:
-            msg = conn.recv()
+            data = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        if msg is None:
-            return
-        fn, args, kwargs = msg
         try:
+            msg = pickle.loads(data)
+            if msg is None:
+                return
+            fn, args, kwargs = msg
             result = fn(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - sent back to the caller
-            _send(conn, ("error", exc))
+        except BaseException as exc:  # noqa: BLE001 - sent back to the caller (incl. a read that
+            _send(conn, ("error", exc))  # cannot be unpickled here, e.g. its module is missing)
         else:
             _send(conn, ("ok", result))
-        del msg, fn, args, kwargs
-        result = None
+        msg = fn = args = kwargs = result = data = None
 
 
 def _send(conn: Connection, reply: tuple[str, Any]) -> None:
+    """Send ``("ok", result)`` or ``("error", exception)``. An exception is round-tripped here
+    (a class whose ``__init__`` takes other arguments pickles but does not unpickle); a result
+    is not — a snapshot would be unpickled twice — the console checks it as it reads it."""
     try:
         data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(data)  # an exception class whose __init__ takes other arguments fails here
+        if reply[0] == "error":
+            pickle.loads(data)
     except Exception as exc:  # noqa: BLE001 - the reply itself cannot travel
         kind, payload = reply
         if kind == "error":
@@ -188,6 +192,7 @@ class ReadProcess:
         self._lock = threading.Lock()
         self._process: Any = None
         self._conn: Connection | None = None
+        self._ready = False  # the current child reported ready
         self._closed = False
 
     @property
@@ -246,7 +251,12 @@ class ReadProcess:
         while True:
             try:
                 if conn.poll(0.1):
-                    return pickle.loads(conn.recv_bytes())
+                    data = conn.recv_bytes()
+                    try:
+                        return pickle.loads(data)
+                    except Exception as exc:  # noqa: BLE001 - the pipe stays in step: one reply read
+                        return "error", RemoteError(f"the reply to {what} could not be read here: "
+                                                    f"{type(exc).__name__}: {exc}")
                 if proc.poll() is None and (deadline is None or time.monotonic() < deadline):
                     continue
                 timed_out = proc.poll() is None

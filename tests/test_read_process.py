@@ -160,3 +160,29 @@ def test_the_child_ends_when_its_parent_is_killed_and_never_runs_the_parents_scr
         time.sleep(0.1)
     else:
         pytest.fail(f"read process {child} outlived its parent")
+
+
+def test_a_read_or_a_reply_that_cannot_be_unpickled_is_an_error_and_the_child_keeps_serving(
+        tmp_path, monkeypatch, runtime) -> None:
+    # a module only the console has: the child cannot unpickle a read of it
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "only_in_console.py").write_text("def answer():\n    return 42\n")
+    monkeypatch.syspath_prepend(str(here))
+    import only_in_console
+
+    # a module only the child has: the console cannot unpickle a reply of it
+    there = tmp_path / "there"
+    there.mkdir()
+    (there / "only_in_child.py").write_text("class Figure:\n    pass\n")
+    monkeypatch.setenv("PYTHONPATH", str(there))
+    rp = ReadProcess(runtime.db_url, name="test-unpickle")
+    try:
+        with pytest.raises(ModuleNotFoundError, match="only_in_console"):
+            rp.call(only_in_console.answer)
+        with pytest.raises(RemoteError, match="could not be read here.*only_in_child"):
+            rp.call(eval, "__import__('only_in_child').Figure()")
+        assert rp.call(operator.add, 2, 3) == 5
+        assert rp.starts == 1
+    finally:
+        rp.close()

@@ -1,12 +1,13 @@
 """The Fleet page: key-figure tiles, a filter bar, the fleet table and the selected unit's detail.
 
 Data flow (ARCHITECTURE "Heartbeat"): every ``refresh_interval_s`` while the page is visible a
-job on the ``db`` executor builds ``fleet_snapshot`` (and the selected unit's ``unit_detail``)
-in one unit of work and indexes it for filtering and sorting (``prepare_snapshot``); the GUI
+job on ``executors.fleet_reads`` (the page's read process, ``console.read_process``; else a ``db``
+thread) runs :func:`console.page_reads.load_fleet`: ``fleet_snapshot`` (and the selected unit's
+``unit_detail``) in one unit of work, indexed for filtering and sorting (``prepare_snapshot``); the GUI
 thread swaps the indexed snapshot into :class:`FleetTableModel` and reads the tiles' counts and
 the filter options from the index (no per-row Python on the GUI thread: at 100,000 units the
 slot went from ~0.7 s to ~20 ms, ``benchmarks/fleet_table_100k.py``). A tick is skipped while
-the previous refresh is still in flight, and until the ``db`` thread has rested as long as that
+the previous refresh is still in flight, and until the reader has rested as long as that
 refresh took (:data:`REFRESH_IDLE_FACTOR`).
 """
 
@@ -56,10 +57,11 @@ logger = logging.getLogger(__name__)
 #: 100,000 units (50: ~60 ms, benchmarks/fleet_table_100k.py); widths are clamped anyway.
 SIZE_COLUMNS_SAMPLE_ROWS = 0
 
-#: A timer tick starts no refresh until the ``db`` threads have been free of it at least this
-#: many times as long as the last refresh took: at 10,000 units and more a refresh takes seconds,
-#: and back-to-back refreshes kept a job thread decoding heartbeats all the time, taking the GIL
-#: from the GUI thread (benchmarks/gui_stall.py). 1.0: refreshes use at most half of one thread.
+#: A timer tick starts no refresh until the reader (read process or ``db`` thread) has been free of
+#: it at least this many times as long as the last refresh took: at 10,000 units and more a refresh
+#: takes seconds, and back-to-back refreshes kept a reader decoding heartbeats all the time — in a
+#: thread taking the GIL from the GUI thread, in either taking a core the collector shares
+#: (benchmarks/gui_stall.py). 1.0: refreshes use at most half of one core.
 REFRESH_IDLE_FACTOR = 1.0
 
 #: (key, caption) of the tiles, left to right.
