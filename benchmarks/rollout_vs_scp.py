@@ -9,7 +9,9 @@ with the same parallelism, to the same servers. Target (issue #5): engine time â
 ``scp -c aes128-gcm@openssh.com`` is timed as well, for reference.
 
 The machine's load average is printed before and after: other work on the 2 cores slows both
-sides unevenly, so compare quiet runs. ``scp`` runs before and after the engine and the ratio is
+sides unevenly, so compare quiet runs. Every timed phase starts after ``sync``: the 2.5 GB an
+earlier phase wrote is then not flushed to disk during a later phase (the first ``scp`` run's
+pages otherwise reached their 30 s write-back age while the engine ran). ``scp`` runs before and after the engine and the ratio is
 taken to the mean of the two (load drifting during the run then biases neither side). CPU-seconds
 are printed for each side too, which other work disturbs less than wall time: the console process
 (paramiko, the runner, the database, the health polls â€” and the simulator's HTTP agent, which runs
@@ -146,6 +148,7 @@ def scp_all(sim: Simulator, key: Path, payload: Path, parallel: int, cipher: str
                         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
                         *(["-c", cipher] if cipher else []), str(payload), dest], check=True, timeout=600)
 
+    os.sync()
     start = time.perf_counter()
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(one, sim.ssh_units))
@@ -227,6 +230,7 @@ def main() -> None:
                 timeline = StepTimeline() if mode == "threads" else None
                 runner = RolloutRunner(sf, connector, install_root=root, poll_s=0.1, workers=mode,
                                        update_unit=timeline)
+                os.sync()
                 before = cpu_now(sim)
                 start = time.perf_counter()
                 if timeline is not None:
