@@ -45,7 +45,7 @@ from inference_core.bundles import build_default_bundles
 from inference_core.denoise import denoise
 from inference_core.pipeline import AUTO_DENOISE_SNR_DB, normalize_text
 from inference_core.quality import snr_db
-from inference_core.stt import DITHER_SEED, DITHER_STD
+from inference_core.stt import DITHER_SEED, DITHER_STD, _DecoderBase
 from inference_core.vad import SileroVad
 
 MANIFEST = Path(__file__).resolve().parents[1] / "resources" / "testset" / "manifest.jsonl"
@@ -70,21 +70,6 @@ def _pcm(path: Path, vad: SileroVad) -> bytes:
     return (x * 32767.0).astype(np.int16).tobytes()
 
 
-def _decode(decoder: pocketsphinx.Decoder, raw: bytes) -> tuple[str, float | None, int]:
-    """(words, path score in logmath units or None, speech frames)."""
-    decoder.start_utt()
-    decoder.process_raw(raw, full_utt=True)
-    decoder.end_utt()
-    hyp = decoder.hyp()
-    if hyp is None:
-        return "", None, 0
-    words = " ".join(w for w in hyp.hypstr.lower().split() if not w.startswith(("<", "[", "+")))
-    frames = sum(s.end_frame - s.start_frame + 1 for s in decoder.seg()
-                 if s.word.upper() not in ("SIL", "<SIL>", "<S>", "</S>") and not s.word.startswith(("+", "[")))
-    score = float(decoder.get_logmath().log(hyp.best_score)) if hyp.best_score > 0 else None
-    return words, score, frames
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models-dir", type=Path, default=Path("/tmp/speakerops-bench-models"))
@@ -105,7 +90,8 @@ def main() -> None:
     def run(**config: object) -> tuple[list[tuple[str, float | None, int]], float]:
         decoder = pocketsphinx.Decoder(hmm=hmm, dict=words, loglevel="FATAL", **config)
         t0 = time.perf_counter()
-        out = [_decode(decoder, raw) for raw in raws]
+        search = decoder.current_search()  # (words, path score, speech frames): the recognizer's own pass
+        out = [_DecoderBase._run(decoder, search, raw) for raw in raws]
         return out, (time.perf_counter() - t0) / audio_s
 
     def report(label: str, hyps: list[str], rtf: float) -> None:
