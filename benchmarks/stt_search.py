@@ -10,7 +10,10 @@ search:
   7e-29). The grammar's fan-out (slot lists) makes the default beam prune the right sentence:
   widening it is what brings the grammar's in-template WER down;
 * ``hybrid wbeam=W`` — both searches, the grammar's sentence kept unless its path score per
-  speech frame is below the LM's (the LM's sentence then: a phrasing the templates do not make).
+  speech frame is below the LM's (the LM's sentence then: a phrasing the templates do not make);
+* ``gated wbeam=W`` — the hybrid, but the grammar searched only when the LM's sentence is not one
+  the templates make (``TemplateSet.match``); its RTF counts the grammar search on the share of all
+  clips that needed it, and each subset's WER is followed by (clips searched / clips).
 
 Measured on this 2-core machine (2026-11-21, session 14; pocketsphinx 5; 156 clips, 485 s):
 clean in-template WER lm 0.118; jsgf 0.153 (default beam) / 0.088 (1e-35) / 0.071 (1e-40); hybrid
@@ -18,7 +21,9 @@ clean in-template WER lm 0.118; jsgf 0.153 (default beam) / 0.088 (1e-35) / 0.07
 0.49-0.61 and 10 dB 0.40-0.42 for every search (the acoustic model on espeak-ng voices, and on
 denoised babble, is the limit there). RTF (the searches only; the recognizer's confidence pass
 over the phone loop comes on top) lm 0.054, jsgf 0.063 / 0.144 / 0.251, hybrid 0.117 / 0.197 /
-0.304. Wider beams still (wbeam 1e-60, beam/pbeam 1e-80) reach in-template WER 0.035 at RTF ≈ 2.
+0.304. Gated, wbeam 1e-40: RTF 0.211 over all clips; clean in-template 0.050 with the grammar
+searched on 16 of 54 of them, outside the templates 0.512 (25 of 26), 10 dB 0.420.
+Wider beams still (wbeam 1e-60, beam/pbeam 1e-80) reach in-template WER 0.035 at RTF ≈ 2.
 Vocal-tract-length warping (``warp_params`` 0.8-1.2) and the LM's discount mass (0.1-0.5) or size
 (2,000-10,000 sentences per intent) moved WER by at most ±0.02; the LM lattice's 50-best holds the
 right sentence too rarely for template re-ranking to help (0.118 → 0.112).
@@ -46,6 +51,7 @@ from inference_core.denoise import denoise
 from inference_core.pipeline import AUTO_DENOISE_SNR_DB, normalize_text
 from inference_core.quality import snr_db
 from inference_core.stt import DITHER_SEED, DITHER_STD, _DecoderBase
+from inference_core.templates import TemplateSet
 from inference_core.vad import SileroVad
 
 MANIFEST = Path(__file__).resolve().parents[1] / "resources" / "testset" / "manifest.jsonl"
@@ -94,13 +100,17 @@ def main() -> None:
         out = [_DecoderBase._run(decoder, search, raw) for raw in raws]
         return out, (time.perf_counter() - t0) / audio_s
 
-    def report(label: str, hyps: list[str], rtf: float) -> None:
+    def report(label: str, hyps: list[str], rtf: float, gated: list[bool] | None = None) -> None:
         cells = []
         for name, keep in SUBSETS.items():
             idx = [i for i, r in enumerate(rows) if keep(r)]
-            cells.append(f"{name} {jiwer.wer([refs[i] for i in idx], [hyps[i] for i in idx]):.3f}")
+            cell = f"{name} {jiwer.wer([refs[i] for i in idx], [hyps[i] for i in idx]):.3f}"
+            if gated is not None:
+                cell += f" ({sum(gated[i] for i in idx)}/{len(idx)})"
+            cells.append(cell)
         print(f"{label:22s} RTF {rtf:.3f} | WER " + "  ".join(cells), flush=True)
 
+    templates = TemplateSet.load(args.models_dir / "qa" / "qa-1.0.0-int8" / "templates.ini")
     lm, lm_rtf = run(lm=str(pack / "lm.arpa"))
     report("lm", [h[0] for h in lm], lm_rtf)
     for wbeam in args.wbeam:
@@ -112,6 +122,9 @@ def main() -> None:
             grammar_wins = jscore is not None and (ls is None or (jscore - ls) / frames >= 0.0)
             hybrid.append(jt if grammar_wins else lt)
         report(f"hybrid wbeam={wbeam}", hybrid, lm_rtf + js_rtf)
+        need = [templates.match(text) is None for text, _, _ in lm]
+        gated = [h if n else lt for h, n, (lt, _, _) in zip(hybrid, need, lm, strict=True)]
+        report(f"gated wbeam={wbeam}", gated, lm_rtf + js_rtf * sum(need) / len(need), need)
 
 
 if __name__ == "__main__":
