@@ -8,19 +8,19 @@ with the same parallelism, to the same servers. Target (issue #5): engine time �
 (OpenSSH's default cipher). The engine offers AES-GCM first (``fleet.ssh.PREFERRED_CIPHERS``), so
 ``scp -c aes128-gcm@openssh.com`` is timed as well, for reference.
 
-The machine's load average is printed before and after: other work on the 2 cores slows both
-sides unevenly, so compare quiet runs. Every timed phase starts after ``sync``: the 2.5 GB an
-earlier phase wrote is then not flushed to disk during a later phase (the first ``scp`` run's
-pages otherwise reached their 30 s write-back age while the engine ran). ``scp`` runs before and after the engine and the ratio is
-taken to the mean of the two (load drifting during the run then biases neither side). CPU-seconds
-are printed for each side too, which other work disturbs less than wall time: the console process
-(paramiko, the runner, the database, the health polls — and the simulator's HTTP agent, which runs
-in this process too), the ``scp``/``ssh`` client processes, and the units (each sshd with every
-session, shell and unit-side program it ran: ``utime+stime+cutime+cstime`` from ``/proc``). For
-the thread runner a timeline line says when the last unit started its upload, verified,
-restarted and passed its health gate: the simulated units report ``updating`` for
-``fleet.simulator.behaviour.UPDATING_S`` (3 s) after a restart, so the last gate alone adds ~3.3 s
-that ``scp`` does not pay.
+The machine's load average is printed before and after: other work on the 2 cores slows both sides
+unevenly, so compare quiet runs. Every timed phase starts after ``sync``: the 2.5 GB an earlier
+phase wrote is then not flushed to disk during a later phase (the first ``scp`` run's pages
+otherwise reached their 30 s write-back age while the engine ran). ``scp`` runs before and after the
+engine and the ratio is taken to the mean of the two (load drifting during the run then biases
+neither side). CPU-seconds are printed for each side too, which other work disturbs less than wall
+time: the console process (paramiko, the runner, the database, the health polls — and the
+simulator's HTTP agent, which runs in this process too), the ``scp``/``ssh`` client processes, and
+the units (each sshd with every session, shell and unit-side program it ran:
+``utime+stime+cutime+cstime`` from ``/proc``). For the thread runner a timeline line says when the
+last unit started its upload, verified, restarted and passed its health gate: the simulated units
+report ``updating`` for ``fleet.simulator.behaviour.UPDATING_S`` (3 s) after a restart, so the last
+gate alone adds ~3.3 s that ``scp`` does not pay.
 
 Usage::
 
