@@ -10,10 +10,10 @@ sentences came back rejected. Usage::
     .venv/bin/python benchmarks/stt_speed.py [--voice en-us] [--repeat 1]
     .venv/bin/python benchmarks/stt_speed.py --calibrate   # re-derive stt.CALIBRATION
 
-``--calibrate`` (about 5 min) decodes 3 template sentences per intent and 36 out-of-domain
+``--calibrate`` (about 8 min) decodes 3 template sentences per intent and 36 out-of-domain
 sentences in three voices and prints, per mode, the score gap (logmath units per speech frame)
 that best separates them and the balanced accuracy there: the figures behind
-``inference_core.stt.CALIBRATION``.
+``inference_core.stt.CALIBRATION`` (for ``gated``, over the sentences its grammar pass kept).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def bench(args: argparse.Namespace) -> None:
         print(f"{'recognizer':<22}{'load ms':>9}{'decode s':>10}{'RTF':>7}{'WER':>7}{'conf':>7}{'OOD rejected':>14}")
         makers = {"Recognizer lm": lambda: stt.Recognizer(pack, mode="lm"),
                   "Recognizer jsgf": lambda: stt.Recognizer(pack, mode="jsgf"),
+                  "Recognizer gated": lambda: stt.Recognizer(pack, mode="gated", templates=templates),
                   "GeneralRecognizer": lambda: stt.GeneralRecognizer().load()}
         for name, make in makers.items():
             t0 = time.perf_counter()
@@ -96,21 +97,27 @@ def calibrate(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pack = stt.build_language_pack(templates, Path(tmp))
         recs = {"lm": stt.Recognizer(pack), "jsgf": stt.Recognizer(pack, mode="jsgf"),
-                "general": stt.GeneralRecognizer()}
+                "gated": stt.Recognizer(pack, mode="gated", templates=templates), "general": stt.GeneralRecognizer()}
         gaps: dict[str, dict[int, list[float]]] = {k: {1: [], 0: []} for k in recs}
         for voice in ("en-us", "en-us+f3", "en-us+m3"):
             for label, texts in ((1, in_domain), (0, ood)):
                 for text in texts:
                     x = speak(text, voice)
                     for k, rec in recs.items():
-                        c = rec.transcribe(x).confidence
+                        t = rec.transcribe(x)
+                        if k == "gated" and t.search != "gated":
+                            continue  # the gated centre judges the grammar pass's sentences only
+                        c = t.confidence
                         gaps[k][label].append(math.log(c / (1 - c)) if 0 < c < 1 else (-50.0 if c <= 0 else 50.0))
     print(f"{len(in_domain)} in-domain and {len(ood)} out-of-domain sentences x 3 voices")
     for k, g in gaps.items():
         pos, neg = np.array(g[1]), np.array(g[0])
         best = max(((np.mean(pos >= c) + np.mean(neg < c)) / 2, c) for c in np.arange(-40, 30, 0.5))
+        if not len(pos) or not len(neg):
+            print(f"{k:8s} {len(pos)} in-domain, {len(neg)} out-of-domain: too few to calibrate")
+            continue
         print(f"{k:8s} centre {best[1]:6.1f}  balanced accuracy {best[0]:.3f}  in-domain median {np.median(pos):6.1f}"
-              f"  out-of-domain median {np.median(neg):6.1f}")
+              f"  out-of-domain median {np.median(neg):6.1f}  ({len(pos)} / {len(neg)} sentences)")
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from inference_core.quality import environment
 from inference_core.stt import GeneralRecognizer, Recognizer
 from inference_core.templates import TemplateSet
 from inference_core.tts import Synthesizer
+from inference_core.turns import first_speaker_span, speaker_turns
 from inference_core.vad import SileroVad
 from speakerops.timeutil import utc_now
 
@@ -144,6 +145,11 @@ class LoopResult:
     environment: dict[str, Any] = field(default_factory=dict)
     speakers: int | None = None
     expected_speakers: int | None = None
+    #: Speaker turns (:func:`inference_core.turns.speaker_turns`, as dicts); ``[]`` when not counted.
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    #: ``[0, end_s]`` when only the first speaker's turn was transcribed (two talkers, a pause
+    #: between them); None when the whole clip was.
+    transcribed_span_s: list[float] | None = None
     mos_input: dict[str, float] | None = None
     mos_answer: dict[str, float] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -269,8 +275,13 @@ class VoiceLoop:
         result.speech = bool(segments)
         result.environment = environment(samples, audio.sample_rate, result.segments)
 
+        span = None
         if self.options.speakers:
-            result.speakers = self._speaker_counter().count(samples, audio.sample_rate, result.segments).n
+            count = self._speaker_counter().count(samples, audio.sample_rate, result.segments)
+            result.speakers = count.n
+            turns = speaker_turns(count, samples, audio.sample_rate)
+            result.turns = [t.to_dict() for t in turns]
+            span = first_speaker_span(turns)
         if self.options.mos and result.speech:
             result.mos_input = self._mos_estimator().estimate(samples, audio.sample_rate).__dict__
 
@@ -280,13 +291,17 @@ class VoiceLoop:
             timings["denoise"] = _ms(t)
             result.denoise_method, result.noise_in_dbfs, result.noise_out_dbfs = (
                 den.method, den.noise_in_dbfs, den.noise_out_dbfs)
+            heard = den.samples
+            if span is not None:  # two talkers: the service answers the first (inference_core.turns)
+                heard = den.samples[: int(round(span[1] * audio.sample_rate))]
+                result.transcribed_span_s = [span[0], span[1]]
             t = time.perf_counter()
-            tr = self.recognizer.transcribe(den.samples)
+            tr = self.recognizer.transcribe(heard, audio.sample_rate)
             timings["stt"] = _ms(t)
             result.transcript, result.transcript_confidence, result.rejected = tr.text, tr.confidence, tr.rejected
             if self._general is not None:
                 t = time.perf_counter()
-                result.general_transcript = self._general.transcribe(den.samples).text
+                result.general_transcript = self._general.transcribe(heard, audio.sample_rate).text
                 timings["stt_general"] = _ms(t)
         else:
             timings["denoise"] = timings["stt"] = 0.0

@@ -61,7 +61,12 @@ PHONES = frozenset("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N
 #: and 18 more): the centre is the gap with the best balanced accuracy (lm 0.85, jsgf 0.91); the scale
 #: puts the median in-domain sentence near 0.9 and the median out-of-domain one below 0.15. The
 #: general LM covers any English, so its centre is just the median gap of correctly spoken commands.
-CALIBRATION = {"lm": (-15.0, 4.0), "jsgf": (6.5, 5.0), "general": (-21.0, 5.0)}
+CALIBRATION = {"lm": (-15.0, 4.0), "jsgf": (6.5, 5.0), "general": (-21.0, 5.0), "gated": (6.5, 5.0)}
+#: Word-exit beam of the ``gated`` mode's grammar pass. pocketsphinx's default (7e-29) prunes the
+#: right sentence where the templates' slot lists fan out; ``benchmarks/stt_search.py`` on the shipped
+#: test set's clean in-template commands: grammar WER 0.153 at 7e-29, 0.088 at 1e-35, 0.071 at 1e-40
+#: (grammar-search RTF 0.063 / 0.144 / 0.251); 1e-60 reaches 0.035 at RTF ≈ 2.
+GRAMMAR_WBEAM = 1e-40
 
 
 # -- language pack --------------------------------------------------------------------------------
@@ -271,7 +276,10 @@ class Transcript:
         True when ``confidence`` is below the recognizer's rejection threshold or nothing was heard:
         the caller should not act on ``text``.
     elapsed_ms : float
-        Decoding time (both passes), ms.
+        Decoding time (all passes), ms.
+    search : str
+        The search whose words these are: ``lm``, ``jsgf``, ``gated`` (the gated mode's grammar
+        pass won) or ``general``; its :data:`CALIBRATION` gave ``confidence``.
     """
 
     text: str
@@ -279,12 +287,13 @@ class Transcript:
     confidence: float = 0.0
     rejected: bool = True
     elapsed_ms: float = 0.0
+    search: str = ""
 
 
 class _DecoderBase:
     """One pocketsphinx decoder plus a phone-loop search, guarded by a lock."""
 
-    _calibration: tuple[float, float]
+    _calibration: str  # key of CALIBRATION
     rejection_threshold: float
 
     def __init__(self) -> None:
@@ -337,26 +346,32 @@ class _DecoderBase:
         if sample_rate != SAMPLE_RATE and len(x):
             x = soxr.resample(x, sample_rate, SAMPLE_RATE).astype(np.float32)
         if len(x) < MIN_SECONDS * SAMPLE_RATE:
-            return Transcript("", [], 0.0, True, (time.perf_counter() - t0) * 1000.0)
+            return Transcript("", [], 0.0, True, (time.perf_counter() - t0) * 1000.0, self._calibration)
         rng = np.random.default_rng(DITHER_SEED)
         pcm = (np.clip(x + rng.normal(0.0, DITHER_STD, len(x)).astype(np.float32), -1.0, 1.0) * 32767.0)
         raw = pcm.astype(np.int16).tobytes()
         with self._lock:
             decoder = self._ensure_loaded()
-            text, score, _ = self._run(decoder, self._main_search, raw)
+            text, score, search = self._search(decoder, raw)
             _, phone_score, frames = self._run(decoder, "_phone_loop", raw) if text else ("", None, 0)
         frames = max(frames, MIN_SPEECH_FRAMES)
         elapsed = (time.perf_counter() - t0) * 1000.0
         if not text:
-            return Transcript("", [], 0.0, True, elapsed)
+            return Transcript("", [], 0.0, True, elapsed, search)
         if score is None or phone_score is None:
             logger.warning("no usable path score for %r (%.0f s of audio); confidence 0", text, len(x) / SAMPLE_RATE)
-            return Transcript(text, text.split(), 0.0, True, elapsed)
-        centre, scale = self._calibration
+            return Transcript(text, text.split(), 0.0, True, elapsed, search)
+        centre, scale = CALIBRATION[search]
         gap = (score - phone_score) / frames
         confidence = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, (gap - centre) / scale))))
         logger.debug("%r: gap %.1f/frame over %d frames, confidence %.3f", text, gap, frames, confidence)
-        return Transcript(text, text.split(), confidence, confidence < self.rejection_threshold, elapsed)
+        return Transcript(text, text.split(), confidence, confidence < self.rejection_threshold, elapsed, search)
+
+    def _search(self, decoder: pocketsphinx.Decoder, raw: bytes) -> tuple[str, float | None, str]:
+        """The recognizer's own search: words, path score (logmath units) and the search that gave them
+        (a key of :data:`CALIBRATION`)."""
+        text, score, _ = self._run(decoder, self._main_search, raw)
+        return text, score, self._calibration
 
     @staticmethod
     def _run(decoder: pocketsphinx.Decoder, search: str, raw: bytes) -> tuple[str, float | None, int]:
@@ -383,14 +398,23 @@ class Recognizer(_DecoderBase):
     Parameters
     ----------
     pack_dir : Path
-        Folder holding ``lm.arpa``, ``grammar.jsgf`` and ``words.dict``.
-    mode : {"lm", "jsgf"}
-        ``lm`` (default): the n-gram LM, which also accepts phrasings the templates only imply
-        (FIELD_NOTES: WER 0.18 on sentences the LM never saw); ``jsgf``: only sentences the
-        grammar produces (WER 0.00 on covered sentences, nothing else recognized).
+        Folder holding ``lm.arpa``, ``grammar.jsgf`` and ``words.dict`` (and, for ``gated``, the
+        templates: ``templates.ini`` as an ``stt`` bundle holds it, or ``templates``).
+    mode : {"gated", "lm", "jsgf"}
+        ``lm``: the n-gram LM, which also accepts phrasings the templates only imply (FIELD_NOTES:
+        WER 0.18 on sentences the LM never saw); ``jsgf``: only sentences the grammar produces
+        (WER 0.00 on covered sentences, nothing else recognized); ``gated`` (the voice loop's
+        default): the LM first, then — only when the LM's sentence is not one the templates produce
+        — the grammar with a wide word-exit beam (:data:`GRAMMAR_WBEAM`), whose sentence is kept
+        when its path score per speech frame is at least the LM's. On the shipped test set
+        (``benchmarks/stt_search.py``) clean in-template WER 0.118 (lm) → 0.050, with the grammar
+        pass on 16 of 54 clean in-template clips; phrasings outside the templates keep the LM's words.
     rejection_threshold : float
         ``Transcript.rejected`` when ``confidence`` is below it (default 0.5: the calibrated
         centre, the point that best separated in-domain from out-of-domain speech).
+    templates : TemplateSet, optional
+        The templates the grammar was compiled from (``gated`` only; default: the pack's
+        ``templates.ini``).
 
     Raises
     ------
@@ -400,29 +424,66 @@ class Recognizer(_DecoderBase):
     Notes
     -----
     The decoder loads once, in the constructor (trimmed dictionary: ~0.02 s, FIELD_NOTES; see
-    :attr:`load_ms`). One decoder per instance; ``transcribe`` calls are serialized by a lock.
+    :attr:`load_ms`). One decoder per instance (two in ``gated`` mode); ``transcribe`` calls are
+    serialized by a lock.
     """
 
-    def __init__(self, pack_dir: Path, *, mode: Literal["lm", "jsgf"] = "lm",
-                 rejection_threshold: float = 0.5) -> None:
+    MODES = ("gated", "lm", "jsgf")
+
+    def __init__(self, pack_dir: Path, *, mode: Literal["gated", "lm", "jsgf"] = "lm",
+                 rejection_threshold: float = 0.5, templates: TemplateSet | None = None) -> None:
         super().__init__()
-        if mode not in ("lm", "jsgf"):
-            raise ValueError(f"mode must be 'lm' or 'jsgf', got {mode!r}")
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {', '.join(self.MODES)}, got {mode!r}")
         self.pack_dir = Path(pack_dir)
         self.mode = mode
         self.rejection_threshold = rejection_threshold
-        self._calibration = CALIBRATION[mode]
-        model = self.pack_dir / ("lm.arpa" if mode == "lm" else "grammar.jsgf")
-        for path in (model, self.pack_dir / "words.dict"):
+        self._calibration = mode
+        lm, grammar, words = (self.pack_dir / n for n in ("lm.arpa", "grammar.jsgf", "words.dict"))
+        needed = {"lm": (lm,), "jsgf": (grammar,), "gated": (lm, grammar)}[mode]
+        for path in (*needed, words):
             if not path.is_file():
                 raise ModelLoadError(f"language pack {self.pack_dir} has no {path.name}; "
                                      "build it with inference_core.stt.build_language_pack()")
         info = self.pack_dir / "pack.json"
         self.pack_info: dict = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
-        self._create(**{mode: str(model), "dict": str(self.pack_dir / "words.dict")})
-        if mode == "lm":
-            _warn_unpronounceable(model, self.pack_dir / "words.dict")
+        self._grammar: pocketsphinx.Decoder | None = None
+        self._templates: TemplateSet | None = None
+        if mode == "gated":
+            self._templates = templates or self._pack_templates()
+        self._create(**{"jsgf" if mode == "jsgf" else "lm": str(grammar if mode == "jsgf" else lm), "dict": str(words)})
+        if mode == "gated":
+            t0 = time.perf_counter()
+            try:
+                self._grammar = pocketsphinx.Decoder(hmm=pocketsphinx.get_model_path("en-us/en-us"), loglevel="FATAL",
+                                                     jsgf=str(grammar), dict=str(words), wbeam=GRAMMAR_WBEAM)
+            except (RuntimeError, ValueError, OSError) as exc:
+                raise ModelLoadError(f"pocketsphinx cannot load the grammar {grammar}: {exc}; rebuild the language "
+                                     "pack with build_language_pack()") from None
+            self.load_ms += (time.perf_counter() - t0) * 1000.0
+        if mode != "jsgf":
+            _warn_unpronounceable(lm, words)
+        self.grammar_passes = 0  # how many utterances needed the gated mode's grammar pass
         logger.info("recognizer %s (%s) loaded in %.0f ms", self.pack_dir, mode, self.load_ms)
+
+    def _pack_templates(self) -> TemplateSet:
+        path = self.pack_dir / "templates.ini"
+        if not path.is_file():
+            raise ModelLoadError(f"language pack {self.pack_dir} has no templates.ini, which the gated search needs "
+                                 "to tell template sentences; pass templates=TemplateSet.load(...) or use mode='lm'")
+        return TemplateSet.load(path)
+
+    def _search(self, decoder: pocketsphinx.Decoder, raw: bytes) -> tuple[str, float | None, str]:
+        text, score, frames = self._run(decoder, self._main_search, raw)
+        if self._grammar is None or not text or self._templates.match(text) is not None:
+            return text, score, self._calibration if self._grammar is None else "lm"
+        self.grammar_passes += 1
+        g_text, g_score, g_frames = self._run(self._grammar, self._grammar.current_search(), raw)
+        per_frame = max(frames, g_frames, MIN_SPEECH_FRAMES)
+        if g_text and g_score is not None and (score is None or (g_score - score) / per_frame >= 0.0):
+            logger.debug("grammar pass kept %r over the LM's %r", g_text, text)
+            return g_text, g_score, "gated"
+        return text, score, "lm"
 
 
 def _warn_unpronounceable(lm_path: Path, dict_path: Path) -> None:
@@ -457,7 +518,7 @@ class GeneralRecognizer(_DecoderBase):
     def __init__(self, rejection_threshold: float = 0.0) -> None:
         super().__init__()
         self.rejection_threshold = rejection_threshold
-        self._calibration = CALIBRATION["general"]
+        self._calibration = "general"
 
     def load(self) -> GeneralRecognizer:
         """Load the decoder now (idempotent, thread-safe)."""
