@@ -4,7 +4,9 @@
 
 * ``utterances`` — one entry per manifest line, in order: ``audio``, ``transcript``, ``intent``,
   ``feature``, ``slots``, ``speakers``, ``timings_ms``, ``mos``, ``error`` (and the reference,
-  WER, general transcript, baseline intent, answer);
+  WER, general transcript, baseline intent, answer; ``confidence`` is the intent's,
+  ``stt_confidence`` the transcript's, ``intent_source`` where the intent came from and
+  ``transcribed_span_s`` the first speaker's span when only that turn was transcribed);
 * ``summary`` — WER/CER, intent and feature accuracy, per-intent precision/recall/F1 and the
   confusion matrix (scikit-learn), slot accuracy, non-speech and out-of-domain rejection,
   speaker-count accuracy, latency p50/p95 per stage, mean MOS, and pass/fail per service
@@ -107,7 +109,8 @@ def _utterance_row(entry: ManifestEntry, r: LoopResult | None, baseline_intent: 
         "error": entry.error, "reference": entry.text, "expected_intent": entry.intent,
         "expected_feature": entry.feature, "expected_slots": entry.slots, "expected_speakers": entry.speakers,
         "wer": None, "general_transcript": None, "baseline_intent": baseline_intent, "confidence": None,
-        "rejected": None, "answer": None, "speech": None, "environment": {},
+        "rejected": None, "stt_confidence": None, "intent_source": None, "transcribed_span_s": None,
+        "answer": None, "speech": None, "environment": {},
         **{f"x_{k}": v for k, v in entry.extra.items()},
     }
     if r is None:
@@ -118,7 +121,8 @@ def _utterance_row(entry: ManifestEntry, r: LoopResult | None, baseline_intent: 
     row.update(error=r.error, slots=r.slots, speakers=r.speakers, timings_ms=timings,
                mos={"input": r.mos_input, "answer": r.mos_answer}, wer=r.wer,
                general_transcript=r.general_transcript, confidence=r.intent_confidence, rejected=r.rejected,
-               answer=r.answer, speech=r.speech, environment=r.environment)
+               stt_confidence=r.transcript_confidence, intent_source=r.intent_source,
+               transcribed_span_s=r.transcribed_span_s, answer=r.answer, speech=r.speech, environment=r.environment)
     if not r.error:
         row.update(transcript=r.transcript, intent=r.intent, feature=r.feature)
     return row

@@ -196,7 +196,7 @@ def test_cli_diagnose_and_evaluate(models_root, clips, tmp_path) -> None:
     assert r.exit_code == 1 and "no bundle named 'qa-9.9.9'" in r.stderr
 
 
-def test_doubtful_transcripts_are_rescued_only_by_template_or_general_lm(loop) -> None:
+def test_doubtful_transcripts_are_rescued_only_by_template_intent_model_or_general_lm(loop) -> None:
     from inference_core.pipeline import LoopResult
 
     exact = LoopResult(audio="x", rejected=True, transcript="who wrote hamlet", general_transcript="who road ham")
@@ -209,3 +209,38 @@ def test_doubtful_transcripts_are_rescued_only_by_template_or_general_lm(loop) -
     assert loop._understand(neither).intent == "none" and neither.intent_source == "rejected"
     confident = LoopResult(audio="x", rejected=False, transcript="play some jazz music")
     assert loop._understand(confident).intent == "music.play" and confident.intent_source == "in-domain"
+    sure = LoopResult(audio="x", rejected=True, transcript="what is the capital of france please",
+                      general_transcript="tell me a joke about penguins")
+    assert loop._understand(sure).intent == "qa.capital" and sure.intent_source == "intent model"
+    # the grammar pass only ever says template sentences: its rejected words are not rescued by themselves
+    forced = LoopResult(audio="x", rejected=True, transcript="delete my doctor appointment wednesday",
+                        transcript_search="gated", general_transcript="tell me a joke about penguins")
+    assert loop._understand(forced).intent == "none" and forced.intent_source == "rejected"
+
+
+def test_two_talkers_the_first_speaker_is_answered(models_root, tmp_path) -> None:
+    """A second person talking after a pause is counted and kept out of the request: only the first
+    speaker's turn is transcribed and answered (inference_core.turns)."""
+    from inference_core.audio import load_audio
+
+    first = load_audio(espeak("what is the weather in seoul tomorrow", tmp_path / "a.wav", voice="en-us+m3"))
+    second = load_audio(espeak("play some rock music please", tmp_path / "b.wav", voice="en-us+f2"))
+    floor = np.random.default_rng(0).normal(0, 1e-5, 16000).astype(np.float32)
+    parts = [floor[:6400], first.samples, floor[:7200], second.samples, floor[:6400]]
+    sf.write(tmp_path / "two.wav", np.concatenate(parts), 16000)
+    loop = VoiceLoop.from_root(models_root, options=LoopOptions(mos=False, general_transcript=False,
+                                                                  synthesize=False), build_missing=False)
+    r = loop.run(tmp_path / "two.wav", reference="what is the weather in seoul tomorrow", expected_speakers=2)
+    assert r.error is None and r.speakers == 2
+    loud = [np.flatnonzero(np.abs(x.samples) > 0.01) for x in (first, second)]  # espeak-ng pads its own silence
+    gap_start = (6400 + loud[0][-1]) / 16000
+    gap_end = (6400 + len(first.samples) + 7200 + loud[1][0]) / 16000
+    assert [t["speaker"] for t in r.turns] == [0, 1] and r.turns[0]["pause"]
+    assert r.transcribed_span_s is not None and gap_start - 0.03 <= r.transcribed_span_s[1] <= gap_end + 0.03
+    assert r.transcript == "what is the weather in seoul tomorrow" and r.intent == "weather.forecast"
+    # the whole clip through the n-gram LM, as before turns: the second request runs into the first
+    whole = VoiceLoop.from_root(models_root, options=LoopOptions(mos=False, general_transcript=False, stt_mode="lm",
+                                                                   synthesize=False, speakers=False),
+                                build_missing=False).run(tmp_path / "two.wav")
+    assert whole.transcribed_span_s is None and whole.turns == []
+    assert len(whole.transcript.split()) > len(r.transcript.split())

@@ -137,6 +137,34 @@ def test_commands_are_transcribed(pack: Path, audio: dict[str, np.ndarray], reco
     assert sum(not t.rejected for t in held_out) >= 1
 
 
+def test_gated_mode_searches_the_grammar_only_for_sentences_no_template_makes(
+        pack: Path, templates: TemplateSet, audio: dict[str, np.ndarray]) -> None:
+    gated = Recognizer(pack, mode="gated", templates=templates)
+    lm = Recognizer(pack)
+    for c in COMMANDS:
+        before = gated.grammar_passes
+        t, base = gated.transcribe(audio[c]), lm.transcribe(audio[c])
+        if templates.match(base.text) is not None:  # the LM's sentence stands: no grammar pass
+            assert (t.text, t.search, gated.grammar_passes) == (base.text, "lm", before)
+            assert t.confidence == pytest.approx(base.confidence)
+        else:
+            assert gated.grammar_passes == before + 1 and t.search in ("lm", "gated")
+            assert t.search == "lm" or templates.match(t.text) is not None  # the grammar's words are a template's
+    wer = jiwer.wer(list(COMMANDS), [gated.transcribe(audio[c]).text for c in COMMANDS])
+    assert wer <= 0.1
+    joke = gated.transcribe(audio["tell me a joke about cats"])
+    assert joke.rejected and gated.grammar_passes > 0
+
+
+def test_gated_mode_needs_the_templates(pack: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "pack"
+    shutil.copytree(pack, bare)
+    with pytest.raises(ModelLoadError, match="templates.ini"):
+        Recognizer(bare, mode="gated")
+    shutil.copyfile(TEMPLATES, bare / "templates.ini")  # as an stt bundle holds it
+    assert Recognizer(bare, mode="gated").mode == "gated"
+
+
 def test_out_of_domain_speech_is_rejected(recognizer: Recognizer, audio: dict[str, np.ndarray]) -> None:
     joke = recognizer.transcribe(audio["tell me a joke about cats"])
     assert joke.rejected and joke.confidence < recognizer.rejection_threshold

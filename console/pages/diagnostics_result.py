@@ -75,6 +75,15 @@ def alignment_text(r: LoopResult) -> str:
     return ""
 
 
+
+def turns_text(turns: list[dict]) -> str:
+    """`` (turns 0.37–3.20 s, 3.20–5.12 s)`` for two speakers' turns, ``""`` for one turn or none."""
+    if len(turns) < 2:
+        return ""
+    spans = ", ".join(f"speaker {t['speaker'] + 1} {t['start_s']:.2f}–{t['end_s']:.2f} s"
+                      + ("" if t["pause"] else " (no pause)") for t in turns)
+    return f" ({spans})"
+
 class ResultPanel(QWidget):
     """Everything the loop found for one recording.
 
@@ -282,7 +291,13 @@ class ResultPanel(QWidget):
             MISSING if r.general_transcript is None else (r.general_transcript or "(nothing recognized)"))
         note = f"confidence {format_number(r.transcript_confidence, 2)}"
         if r.rejected:
-            note += " · rejected as out of domain (QA saw no text)"
+            note += {"template match": " · doubtful, but a template makes exactly these words",
+                     "intent model": " · doubtful, but the intent model is sure of it",
+                     "general LM": " · doubtful: QA used the general LM's words",
+                     }.get(r.intent_source, " · rejected as out of domain (QA saw no text)")
+        if r.transcribed_span_s is not None:
+            note += (f" · first speaker only ({format_number(r.transcribed_span_s[0], 2)}–"
+                     f"{format_number(r.transcribed_span_s[1], 2)} s); the other speaker is not answered")
         if r.wer is not None:
             note += f" · WER {format_pct(r.wer, 1)}, CER {format_pct(r.cer, 1)}"
         self.transcript_note.setText(note)
@@ -313,7 +328,7 @@ class ResultPanel(QWidget):
             "noise_floor": format_number(env.get("noise_floor_dbfs"), 1, "dBFS"),
             "snr": format_number(env.get("snr_db"), 1, "dB"),
             "noise_spl": MISSING if spl is None else f"{format_number(spl, 0, 'dB SPL')} ({verdict_word})",
-            "speakers": MISSING if r.speakers is None else str(r.speakers),
+            "speakers": MISSING if r.speakers is None else str(r.speakers) + turns_text(r.turns),
             "mos_input": mos_text(r.mos_input), "mos_answer": mos_text(r.mos_answer),
             "denoise": denoise,
             "clipping": format_pct(env.get("clipping_ratio"), 2),
