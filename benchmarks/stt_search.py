@@ -11,9 +11,11 @@ search:
   widening it is what brings the grammar's in-template WER down;
 * ``hybrid wbeam=W`` — both searches, the grammar's sentence kept unless its path score per
   speech frame is below the LM's (the LM's sentence then: a phrasing the templates do not make);
-* ``gated wbeam=W`` — the hybrid, but the grammar searched only when the LM's sentence is not one
-  the templates make (``TemplateSet.match``); its RTF counts the grammar search on the share of all
-  clips that needed it, and each subset's WER is followed by (clips searched / clips).
+* ``gated (as likely) W`` — the hybrid, but the grammar searched only when the LM's sentence is not
+  one the templates make (``TemplateSet.match``); its RTF counts the grammar search on the share of
+  all clips that needed it, and each subset's WER is followed by (clips searched / clips);
+* ``gated (loop) W`` — what the loop's gated mode keeps (``stt.grammar_wins``: a near miss of the
+  LM's words or far more likely; chosen on a held-out set by ``benchmarks/gated_rule.py``).
 
 Measured on this 2-core machine (2026-11-21, session 14; pocketsphinx 5; 156 clips, 485 s):
 clean in-template WER lm 0.118; jsgf 0.153 (default beam) / 0.088 (1e-35) / 0.071 (1e-40); hybrid
@@ -50,7 +52,7 @@ from inference_core.bundles import build_default_bundles
 from inference_core.denoise import denoise
 from inference_core.pipeline import AUTO_DENOISE_SNR_DB, normalize_text
 from inference_core.quality import snr_db
-from inference_core.stt import DITHER_SEED, DITHER_STD, _DecoderBase
+from inference_core.stt import DITHER_SEED, DITHER_STD, _DecoderBase, grammar_wins
 from inference_core.templates import TemplateSet
 from inference_core.vad import SileroVad
 
@@ -119,12 +121,15 @@ def main() -> None:
         hybrid = []
         for (lt, ls, lf), (jt, jscore, jf) in zip(lm, js, strict=True):
             frames = max(lf, jf, 10)
-            grammar_wins = jscore is not None and (ls is None or (jscore - ls) / frames >= 0.0)
-            hybrid.append(jt if grammar_wins else lt)
+            as_likely = jscore is not None and (ls is None or (jscore - ls) / frames >= 0.0)
+            hybrid.append(jt if as_likely else lt)
         report(f"hybrid wbeam={wbeam}", hybrid, lm_rtf + js_rtf)
         need = [templates.match(text) is None for text, _, _ in lm]
         gated = [h if n else lt for h, n, (lt, _, _) in zip(hybrid, need, lm, strict=True)]
-        report(f"gated wbeam={wbeam}", gated, lm_rtf + js_rtf * sum(need) / len(need), need)
+        report(f"gated (as likely) {wbeam}", gated, lm_rtf + js_rtf * sum(need) / len(need), need)
+        rule = [jt if n and jt and js_score is not None and grammar_wins(lt, ls, lf, jt, js_score, jf) else lt
+                for n, (lt, ls, lf), (jt, js_score, jf) in zip(need, lm, js, strict=True)]
+        report(f"gated (loop) {wbeam}", rule, lm_rtf + js_rtf * sum(need) / len(need), need)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ sentences came back rejected. Usage::
 ``--calibrate`` (about 8 min) decodes 3 template sentences per intent and 36 out-of-domain
 sentences in three voices and prints, per mode, the score gap (logmath units per speech frame)
 that best separates them and the balanced accuracy there: the figures behind
-``inference_core.stt.CALIBRATION`` (for ``gated``, over the sentences its grammar pass kept).
+``inference_core.stt.CALIBRATION`` (for ``gated``, the centre judging the sentences its grammar
+pass kept; the balanced accuracy printed for it counts only those, over all sentences decoded).
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ def calibrate(args: argparse.Namespace) -> None:
     stt.CALIBRATION.update({k: (0.0, 1.0) for k in stt.CALIBRATION})  # confidence = logistic(gap): invert it
     with tempfile.TemporaryDirectory() as tmp:
         pack = stt.build_language_pack(templates, Path(tmp))
-        recs = {"lm": stt.Recognizer(pack), "jsgf": stt.Recognizer(pack, mode="jsgf"),
-                "gated": stt.Recognizer(pack, mode="gated", templates=templates), "general": stt.GeneralRecognizer()}
+        makers = {"lm": lambda: stt.Recognizer(pack), "jsgf": lambda: stt.Recognizer(pack, mode="jsgf"),
+                  "gated": lambda: stt.Recognizer(pack, mode="gated", templates=templates),
+                  "general": stt.GeneralRecognizer}
+        recs = {k: make() for k, make in makers.items() if k in args.modes}
         gaps: dict[str, dict[int, list[float]]] = {k: {1: [], 0: []} for k in recs}
         for voice in ("en-us", "en-us+f3", "en-us+m3"):
             for label, texts in ((1, in_domain), (0, ood)):
@@ -109,13 +112,16 @@ def calibrate(args: argparse.Namespace) -> None:
                             continue  # the gated centre judges the grammar pass's sentences only
                         c = t.confidence
                         gaps[k][label].append(math.log(c / (1 - c)) if 0 < c < 1 else (-50.0 if c <= 0 else 50.0))
+    n_pos, n_neg = 3 * len(in_domain), 3 * len(ood)
     print(f"{len(in_domain)} in-domain and {len(ood)} out-of-domain sentences x 3 voices")
     for k, g in gaps.items():
         pos, neg = np.array(g[1]), np.array(g[0])
-        best = max(((np.mean(pos >= c) + np.mean(neg < c)) / 2, c) for c in np.arange(-40, 30, 0.5))
         if not len(pos) or not len(neg):
             print(f"{k:8s} {len(pos)} in-domain, {len(neg)} out-of-domain: too few to calibrate")
             continue
+        # balanced accuracy over every sentence decoded; for gated, those its grammar pass did not
+        # keep are judged by the LM's calibration whatever this centre is, so they add a constant
+        best = max(((np.sum(pos >= c) / n_pos + np.sum(neg < c) / n_neg) / 2, c) for c in np.arange(-40, 30, 0.5))
         print(f"{k:8s} centre {best[1]:6.1f}  balanced accuracy {best[0]:.3f}  in-domain median {np.median(pos):6.1f}"
               f"  out-of-domain median {np.median(neg):6.1f}  ({len(pos)} / {len(neg)} sentences)")
 
@@ -125,6 +131,8 @@ def main() -> None:
     ap.add_argument("--voice", default="en-us", help="espeak-ng voice (default en-us)")
     ap.add_argument("--repeat", type=int, default=1, help="decode the commands this many times")
     ap.add_argument("--calibrate", action="store_true", help="derive the confidence calibration instead")
+    ap.add_argument("--modes", nargs="+", default=["lm", "jsgf", "gated", "general"],
+                    help="with --calibrate: the searches to calibrate")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each transcript")
     args = ap.parse_args()
     calibrate(args) if args.calibrate else bench(args)
