@@ -264,3 +264,26 @@ def test_main_window_shows_the_diagnostics_page(qtbot, executors: Executors, rep
         win.shutdown()
     finally:
         ctx.close()
+
+
+def test_two_talkers_show_their_turns_and_that_only_the_first_was_answered(qtbot, make_page, models_root: Path,
+                                                                            tmp_path: Path) -> None:
+    first, second = espeak(WEATHER, tmp_path / "a.wav"), tmp_path / "b.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us+f2", "-w", str(second), "play some jazz music"], check=True)
+    from inference_core.audio import load_audio
+
+    a, b = load_audio(first).samples, load_audio(second).samples
+    gap = np.zeros(8000, np.float32)  # 0.5 s between the talkers, on top of espeak-ng's own silence
+    two = tmp_path / "two.wav"
+    write_wav(two, np.concatenate([gap, a, gap, b, gap]), 16000)
+    loop = load_voice_loop(models_root, LoopOptions(mos=False, general_transcript=False),
+                           report=lambda fraction, message: None)
+    page = make_page(loop)
+    run(qtbot, page, [two], reference=WEATHER)
+    result = page.results[0]
+    panel = page.result_panel
+    assert result.speakers == 2 and result.transcribed_span_s is not None
+    assert result.transcript == WEATHER and result.intent == "weather.forecast"
+    assert panel.field_text("transcript") == WEATHER
+    assert "first speaker only" in panel.transcript_note.text()
+    assert panel.field_text("speakers").startswith("2 (speaker 1 ") and "speaker 2 " in panel.field_text("speakers")
