@@ -286,4 +286,4 @@ def test_two_talkers_show_their_turns_and_that_only_the_first_was_answered(qtbot
     assert result.transcript == WEATHER and result.intent == "weather.forecast"
     assert panel.field_text("transcript") == WEATHER
     assert "first speaker only" in panel.transcript_note.text()
-    assert panel.field_text("speakers").startswith("2 (speaker 1 ") and "speaker 2 " in panel.field_text("speakers")
+    assert panel.field_text("speakers").startswith("2 (#1 0.") and ", #2 " in panel.field_text("speakers")

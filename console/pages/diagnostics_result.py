@@ -77,11 +77,12 @@ def alignment_text(r: LoopResult) -> str:
 
 
 def turns_text(turns: list[dict]) -> str:
-    """`` (turns 0.37–3.20 s, 3.20–5.12 s)`` for two speakers' turns, ``""`` for one turn or none."""
+    """``" (#1 0.37–3.20 s, #2 3.20–5.12 s)"`` for two speakers' turns (``#n``: the speaker; a turn
+    that ends in no pause is marked ``no pause``), ``""`` for one turn or none."""
     if len(turns) < 2:
         return ""
-    spans = ", ".join(f"speaker {t['speaker'] + 1} {t['start_s']:.2f}–{t['end_s']:.2f} s"
-                      + ("" if t["pause"] else " (no pause)") for t in turns)
+    spans = ", ".join(f"#{t['speaker'] + 1} {t['start_s']:.2f}–{t['end_s']:.2f} s"
+                      + ("" if t["pause"] else " no pause") for t in turns)
     return f" ({spans})"
 
 class ResultPanel(QWidget):
@@ -140,6 +141,7 @@ class ResultPanel(QWidget):
         self.general_transcript = _value_label()
         self.transcript_note = QLabel()
         self.transcript_note.setObjectName("muted")
+        self.transcript_note.setWordWrap(True)  # a long note must not push the timing chart aside
         heard = QGridLayout()
         heard.setHorizontalSpacing(16)
         for col, (title, value) in enumerate((("In-domain LM", self.transcript),
