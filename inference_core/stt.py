@@ -59,12 +59,12 @@ PHONES = frozenset("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N
 #: (logmath units per speech frame) between the decoder's best path and a free phone loop. Measured
 #: with ``benchmarks/stt_speed.py --calibrate`` on espeak-ng speech (voices en-us, en-us+f3, en-us+m3)
 #: of 48 template sentences (3 per intent) and 36 out-of-domain ones (the templates' [none] examples
-#: and 18 more): the centre is the gap with the best balanced accuracy (lm 0.85, jsgf 0.91; ``gated``
-#: judges only the sentences the gated mode's grammar pass kept — 47 of the 144 in-domain, 14 of the
-#: 108 out-of-domain decoded —, its centre the best balanced accuracy over all of them, the rest
-#: being the LM's); the scale
-#: puts the median in-domain sentence near 0.9 and the median out-of-domain one below 0.15. The
-#: general LM covers any English, so its centre is just the median gap of correctly spoken commands.
+#: and 18 more): the centre is the gap with the best balanced accuracy (lm 0.85, jsgf 0.91); the
+#: scale puts the median in-domain sentence near 0.9 and the median out-of-domain one below 0.15.
+#: ``gated`` judges only the sentences the gated mode's grammar pass kept (47 of the 144 in-domain,
+#: 14 of the 108 out-of-domain decoded), its centre the best balanced accuracy over all of them, the
+#: rest being judged as the LM's. The general LM covers any English, so its centre is just the
+#: median gap of correctly spoken commands.
 CALIBRATION = {"lm": (-15.0, 4.0), "jsgf": (6.5, 5.0), "general": (-21.0, 5.0), "gated": (5.0, 5.0)}
 #: Word-exit beam of the ``gated`` mode's grammar pass. pocketsphinx's default (7e-29) prunes the
 #: right sentence where the templates' slot lists fan out; ``benchmarks/stt_search.py`` on the shipped
