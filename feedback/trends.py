@@ -243,7 +243,11 @@ def complaints_per_1000_unit_days(frame: pd.DataFrame, days: pd.Series, kind: st
                                        minlength=len(versions)), index=versions.astype(object))
     out = pd.DataFrame({"complaints": complaints[complaints.index.isin(frame[col].dropna().unique())],
                         "unit_days": days}).fillna({"complaints": 0})
-    out["per_1000_unit_days"] = np.where(out["unit_days"] > 0, 1000 * out["complaints"] / out["unit_days"], np.nan)
+    # unit-days may be 0 (a window after a version's last heartbeat) and the columns object-typed:
+    # divide as floats with 0 masked out, or Python's ZeroDivisionError escapes pandas' division
+    unit_days_f = pd.to_numeric(out["unit_days"], errors="coerce").astype(float)
+    out["per_1000_unit_days"] = (1000.0 * pd.to_numeric(out["complaints"], errors="coerce").astype(float)
+                                 / unit_days_f.where(unit_days_f > 0))
     out.index.name = col
     return out
 
@@ -337,7 +341,11 @@ def version_comparison(feedback: pd.DataFrame, units: pd.DataFrame, history: pd.
     days = unit_days(units, history, start, end, kind, first_feedback)
     out = online.join(days, how="outer")
     out["complaints"] = out["complaints"].fillna(0)
-    out["per_1000_unit_days"] = np.where(out["unit_days"] > 0, 1000 * out["complaints"] / out["unit_days"], np.nan)
+    # unit-days may be 0 (a window after a version's last heartbeat) and the columns object-typed:
+    # divide as floats with 0 masked out, or Python's ZeroDivisionError escapes pandas' division
+    unit_days_f = pd.to_numeric(out["unit_days"], errors="coerce").astype(float)
+    out["per_1000_unit_days"] = (1000.0 * pd.to_numeric(out["complaints"], errors="coerce").astype(float)
+                                 / unit_days_f.where(unit_days_f > 0))
     if not offline.empty and {"kind", "version"} <= set(offline.columns):
         off = offline[offline["kind"] == kind].drop(columns="kind").set_index("version")
         out = out.join(off, how="left")
