@@ -169,3 +169,13 @@ def first_speaker_span(turns: list[Turn]) -> tuple[float, float] | None:
     if len(turns) < 2 or not turns[0].pause or all(t.speaker == 0 for t in turns):
         return None
     return 0.0, turns[0].end_s
+
+
+def turns_summary(turns: list[dict]) -> str:
+    """``"#1 0.37–3.20 s, #2 3.20–5.12 s"`` for two speakers' turns as :class:`LoopResult` holds them
+    (:meth:`Turn.to_dict`; ``#n`` is the speaker, a turn ending in no pause says ``no pause``);
+    ``""`` for one turn or none. Shared by the Diagnostics page and ``speakerops diagnose``."""
+    if len(turns) < 2:
+        return ""
+    return ", ".join(f"#{t['speaker'] + 1} {t['start_s']:.2f}–{t['end_s']:.2f} s" + ("" if t["pause"] else " no pause")
+                     for t in turns)

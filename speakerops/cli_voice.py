@@ -83,11 +83,18 @@ def models_build(models_dir: ModelsDir = None,
 
 
 def _describe(r: Any) -> str:
+    from inference_core.turns import turns_summary
+
     lines = [f"{r.audio}  ({r.duration_s:.1f} s{', speech ' + ', '.join(f'{a:.1f}–{b:.1f} s' for a, b in r.segments) if r.segments else ', no speech'})"]
     if r.error:
         return lines[0] + f"\n  error        {r.error}"
     lines.append(f"  transcript   {r.transcript or '(nothing)'}   (confidence {r.transcript_confidence:.2f}"
                  f"{', rejected' if r.rejected else ''})")
+    if r.transcribed_span_s is not None:
+        lines.append(f"               first speaker only ({r.transcribed_span_s[0]:.2f}–{r.transcribed_span_s[1]:.2f} s; "
+                     f"turns {turns_summary(r.turns)}); the other speaker is not answered")
+    if r.rejected and r.intent_source != "rejected":
+        lines.append(f"               doubtful; intent from: {r.intent_source}")
     if r.general_transcript is not None:
         lines.append(f"  general LM   {r.general_transcript or '(nothing)'}")
     if r.reference is not None:

@@ -238,6 +238,8 @@ def test_two_talkers_the_first_speaker_is_answered(models_root, tmp_path) -> Non
     assert [t["speaker"] for t in r.turns] == [0, 1] and r.turns[0]["pause"]
     assert r.transcribed_span_s is not None and gap_start - 0.03 <= r.transcribed_span_s[1] <= gap_end + 0.03
     assert r.transcript == "what is the weather in seoul tomorrow" and r.intent == "weather.forecast"
+    from speakerops.cli_voice import _describe  # what `speakerops diagnose` prints
+    assert f"first speaker only (0.00–{r.transcribed_span_s[1]:.2f} s; turns #1 " in _describe(r)
     # the whole clip through the n-gram LM, as before turns: the second request runs into the first
     whole = VoiceLoop.from_root(models_root, options=LoopOptions(mos=False, general_transcript=False, stt_mode="lm",
                                                                    synthesize=False, speakers=False),

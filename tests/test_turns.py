@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from inference_core.quality import SpeakerCount, SpeakerCounter
-from inference_core.turns import Turn, first_speaker_span, speaker_turns
+from inference_core.turns import Turn, first_speaker_span, speaker_turns, turns_summary
 from inference_core.vad import SileroVad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,3 +109,9 @@ def test_noise_in_the_gap_means_no_cut(voices, counter, vad) -> None:
     turns = _turns(noisy, counter, vad)
     assert all(not t.pause for t in turns[:-1]), turns
     assert first_speaker_span(turns) is None
+
+
+def test_turns_summary_names_each_speaker_and_a_missing_pause() -> None:
+    turns = [Turn(0, 0.4, 2.24, False).to_dict(), Turn(1, 2.24, 4.46, True).to_dict()]
+    assert turns_summary(turns) == "#1 0.40–2.24 s no pause, #2 2.24–4.46 s"
+    assert turns_summary(turns[:1]) == "" and turns_summary([]) == ""

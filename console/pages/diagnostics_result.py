@@ -39,6 +39,7 @@ from console.pages.diagnostics_work import (
 from console.theme import ON_STATUS_TEXT, Theme
 from console.widgets import field_grid, section_title
 from inference_core.pipeline import LoopResult, normalize_text
+from inference_core.turns import turns_summary
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +78,9 @@ def alignment_text(r: LoopResult) -> str:
 
 
 def turns_text(turns: list[dict]) -> str:
-    """``" (#1 0.37–3.20 s, #2 3.20–5.12 s)"`` for two speakers' turns (``#n``: the speaker; a turn
-    that ends in no pause is marked ``no pause``), ``""`` for one turn or none."""
-    if len(turns) < 2:
-        return ""
-    spans = ", ".join(f"#{t['speaker'] + 1} {t['start_s']:.2f}–{t['end_s']:.2f} s"
-                      + ("" if t["pause"] else " no pause") for t in turns)
-    return f" ({spans})"
+    """``" (#1 0.37–3.20 s, #2 3.20–5.12 s)"`` after the speaker count (``inference_core.turns.turns_summary``)."""
+    summary = turns_summary(turns)
+    return f" ({summary})" if summary else ""
 
 class ResultPanel(QWidget):
     """Everything the loop found for one recording.
