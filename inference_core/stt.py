@@ -454,7 +454,7 @@ class Recognizer(_DecoderBase):
         self.pack_dir = Path(pack_dir)
         self.mode = mode
         self.rejection_threshold = rejection_threshold
-        self._calibration = mode
+        self._calibration = "lm" if mode == "gated" else mode  # gated: the LM's words unless the grammar wins
         lm, grammar, words = (self.pack_dir / n for n in ("lm.arpa", "grammar.jsgf", "words.dict"))
         needed = {"lm": (lm,), "jsgf": (grammar,), "gated": (lm, grammar)}[mode]
         for path in (*needed, words):
@@ -493,13 +493,13 @@ class Recognizer(_DecoderBase):
                 ) -> tuple[str, float | None, str]:
         text, score, frames = self._run(decoder, self._main_search, raw)
         if self._grammar is None or not text or not grammar_pass or self._templates.match(text) is not None:
-            return text, score, self._calibration if self._grammar is None else "lm"
+            return text, score, self._calibration
         self.grammar_passes += 1
         g_text, g_score, g_frames = self._run(self._grammar, self._grammar.current_search(), raw)
         if g_text and g_score is not None and grammar_wins(text, score, frames, g_text, g_score, g_frames):
             logger.debug("grammar pass kept %r over the LM's %r", g_text, text)
             return g_text, g_score, "gated"
-        return text, score, "lm"
+        return text, score, self._calibration
 
 
 def grammar_wins(lm_text: str, lm_score: float | None, lm_frames: int, grammar_text: str, grammar_score: float,

@@ -120,7 +120,8 @@ def speaker_turns(count: SpeakerCount, samples: np.ndarray, sample_rate: int = 1
         run of :data:`MIN_TURN_WINDOWS`; otherwise one turn per run, each boundary moved to the
         quietest :data:`PAUSE_S` within :data:`PAUSE_SEARCH_S` of the change point when that is
         :data:`PAUSE_DEPTH_DB` below the speech level and within :data:`PAUSE_ABOVE_FLOOR_DB` of
-        the floor (``pause`` True), else left at the change point (``pause`` False). Speaker numbers are renumbered so the first turn is speaker 0.
+        the floor (``pause`` True), else left at the change point (``pause`` False). Speakers are
+        renumbered so that the first turn is speaker 0.
 
     Raises
     ------

@@ -91,8 +91,9 @@ def _describe(r: Any) -> str:
     lines.append(f"  transcript   {r.transcript or '(nothing)'}   (confidence {r.transcript_confidence:.2f}"
                  f"{', rejected' if r.rejected else ''})")
     if r.transcribed_span_s is not None:
-        lines.append(f"               first speaker only ({r.transcribed_span_s[0]:.2f}–{r.transcribed_span_s[1]:.2f} s; "
-                     f"turns {turns_summary(r.turns)}); the other speaker is not answered")
+        start, end = r.transcribed_span_s
+        lines.append(f"               first speaker only ({start:.2f}–{end:.2f} s; turns {turns_summary(r.turns)}); "
+                     "the other speaker is not answered")
     if r.rejected and r.intent_source != "rejected":
         lines.append(f"               doubtful; intent from: {r.intent_source}")
     if r.general_transcript is not None:

@@ -154,6 +154,8 @@ def test_gated_mode_searches_the_grammar_only_for_sentences_no_template_makes(
     assert wer <= 0.1
     joke = gated.transcribe(audio["tell me a joke about cats"])
     assert joke.rejected and gated.grammar_passes > 0
+    silence = gated.transcribe(np.zeros(800, np.float32))  # nothing decoded: no grammar sentence to name
+    assert silence.text == "" and silence.search == "lm"
 
 
 def test_gated_mode_needs_the_templates(pack: Path, tmp_path: Path) -> None:

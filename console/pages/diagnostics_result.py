@@ -76,11 +76,11 @@ def alignment_text(r: LoopResult) -> str:
     return ""
 
 
-
 def turns_text(turns: list[dict]) -> str:
     """``" (#1 0.37–3.20 s, #2 3.20–5.12 s)"`` after the speaker count (``inference_core.turns.turns_summary``)."""
     summary = turns_summary(turns)
     return f" ({summary})" if summary else ""
+
 
 class ResultPanel(QWidget):
     """Everything the loop found for one recording.
