@@ -34,7 +34,10 @@ from fleet.unit_states import (
 )
 from speakerops import audit
 
-FAST = CollectorSettings(interval_s=10, connect_timeout_s=0.5, read_timeout_s=0.8, retries=0, backoff_s=0.01)
+#: No retries, so one poll is one sample. The timeouts are generous on purpose: an offline or
+#: flapping simulator unit drops the connection at once (no wait), and a tight read timeout made an
+#: answer that a loaded CI machine delivered late count as "offline" (a flaky flap sequence).
+FAST = CollectorSettings(interval_s=10, connect_timeout_s=5.0, read_timeout_s=5.0, retries=0, backoff_s=0.01)
 #: Unit SPK-000001 of the seed-0 fleet flaps on its own (fleet.simulator.behaviour: ~29 s half period).
 FLAPPER = "SPK-000001"
 
