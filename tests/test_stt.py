@@ -219,3 +219,27 @@ def test_general_recognizer_loads_on_first_use(audio: dict[str, np.ndarray]) -> 
     t = general.transcribe(audio["what is the weather like in paris tomorrow"])
     assert general.loaded and general.load_ms > 0
     assert t.text and "weather" in t.words
+
+
+def test_grammar_wins_keeps_near_misses_and_far_likelier_sentences_that_explain_what_was_said() -> None:
+    # a near miss of the LM's words (word distance 0.5 of its own words) that scores as well is kept
+    assert stt.grammar_wins("delete the time", -1000.0, 100, "tell me the time", -1000.0, 100)
+    assert not stt.grammar_wins("delete the time", -1000.0, 100, "tell me the time", -1100.0, 100)
+    # 25 logmath units per frame likelier: kept while it differs in at most as many words as it has
+    assert stt.grammar_wins("the evening on monday", -5000.0, 100, "recommend a pop song", -2500.0, 100)
+    # ... but not a short template sentence that explains a fraction of what was heard (miss 1.67)
+    assert not stt.grammar_wins("me to buy milk are", -5000.0, 100, "what are the", -2500.0, 100)
+    assert stt.grammar_wins("anything", None, 0, "what are the", -2500.0, 100)  # the LM had no usable score
+
+
+def test_gated_mode_acts_on_a_template_sentence_heard_word_for_word_and_not_on_a_partial_one(
+        pack: Path, templates: TemplateSet, tmp_path: Path) -> None:
+    gated = Recognizer(pack, mode="gated", templates=templates)
+    # the LM hears "delete the time"; the grammar pass "tell me the time", which the loop now acts on
+    # (confidence 0.23 under the grammar pass's former calibration centre, 5)
+    heard = gated.transcribe(speak("tell me the time", tmp_path))
+    assert (heard.text, heard.search, heard.rejected) == ("tell me the time", "gated", False)
+    # out of domain: the grammar's "put meeting to my" scored far better than the LM's words but
+    # explains too little of them; the LM's words stand, and are rejected
+    car = gated.transcribe(speak("i need to buy a new car", tmp_path))
+    assert car.search == "lm" and car.rejected and templates.match(car.text) is None
