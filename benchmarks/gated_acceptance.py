@@ -21,8 +21,9 @@ wrong, per source and pooled, best first (most right minus wrong, pooled), and t
 Sentences above the cap are counted as not acted on (the LM's words then stand, and may still
 be acted on: ``benchmarks/loop_policy.py`` measures the loop as a whole).
 
-Measured 2026-12-07 (session 16; 61 + 39 kept sentences, 71 of them right): centre 5, no cap (as it
-was): 60 right, 18 wrong; cap 1.0, centre -2: 69 right, 15 wrong (the best pooled pair, in force).
+Measured 2026-12-07 (session 16; 61 + 32 kept sentences, 44 + 22 of them right): no cap, centre 5
+(as it was): 56 right, 17 wrong acted on; cap 0.75, centre -2: 61 right, 9 wrong (the best pooled
+pair, in force); cap 1.0, centre -2: 64 / 15; cap 0.5, centre -2: 58 / 7.
 Usage::
 
     .venv/bin/python scripts/build_testset.py --out /tmp/heldout2 --seed 2 \\
