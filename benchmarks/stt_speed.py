@@ -14,7 +14,8 @@ sentences came back rejected. Usage::
 sentences in three voices and prints, per mode, the score gap (logmath units per speech frame)
 that best separates them and the balanced accuracy there: the figures behind
 ``inference_core.stt.CALIBRATION`` (for ``gated``, the centre judging the sentences its grammar
-pass kept; the balanced accuracy printed for it counts only those, over all sentences decoded).
+pass kept; the balanced accuracy printed for it counts only those, over all sentences decoded —
+the centre in force was chosen with more data by ``benchmarks/gated_acceptance.py``).
 """
 
 from __future__ import annotations
