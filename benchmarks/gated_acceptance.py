@@ -23,7 +23,8 @@ be acted on: ``benchmarks/loop_policy.py`` measures the loop as a whole).
 
 Measured 2026-12-07 (session 16; 61 + 32 kept sentences, 44 + 22 of them right): no cap, centre 5
 (as it was): 56 right, 17 wrong acted on; cap 0.75, centre -2: 61 right, 9 wrong (the best pooled
-pair, in force); cap 1.0, centre -2: 64 / 15; cap 0.5, centre -2: 58 / 7.
+pair, in force); cap 1.0, centre -2: 64 / 15; cap 0.5, centre -2: 58 / 7. (Measured before every
+recognizer pass got a fresh front end, ``stt._DecoderBase._run``; the calibrations did not move.)
 Usage::
 
     .venv/bin/python scripts/build_testset.py --out /tmp/heldout2 --seed 2 \\
