@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import tempfile
 from pathlib import Path
 
@@ -49,7 +48,8 @@ from inference_core import stt
 from inference_core.bundles import build_default_bundles
 from inference_core.pipeline import LoopOptions, VoiceLoop
 from inference_core.templates import TemplateSet
-from stt_speed import OUT_OF_DOMAIN_EXTRA, ROOT, speak
+import stt_speed
+from stt_speed import ROOT, speak
 
 CAPS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, math.inf)
 CENTRES = (-8.0, -6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 5.0, 8.0)
@@ -82,10 +82,8 @@ def _intent(templates: TemplateSet, text: str) -> str:
 
 
 def calibration_sentences(templates: TemplateSet, spy: _Spy) -> list[Kept]:
-    rnd = random.Random(1)  # the sentences of stt_speed.py --calibrate
-    said = [(i, e.text) for i in templates.in_domain_intents for e in rnd.sample(templates.examples(i, 200, 7), 3)]
-    said += [("none", e.text) for e in templates.sentences(include_none=True) if e.intent == "none"]
-    said += [("none", t) for t in OUT_OF_DOMAIN_EXTRA]
+    in_domain, ood = stt_speed.calibration_sentences(templates)
+    said = in_domain + [("none", text) for text in ood]
     kept = []
     with tempfile.TemporaryDirectory() as tmp:
         rec = stt.Recognizer(stt.build_language_pack(templates, Path(tmp)), mode="gated", templates=templates)

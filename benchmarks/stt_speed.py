@@ -90,11 +90,19 @@ def bench(args: argparse.Namespace) -> None:
                     print(f"    {'ok ' if c == t.text else 'ERR'} {t.confidence:4.2f} {t.text!r}")
 
 
+def calibration_sentences(templates: TemplateSet) -> tuple[list[tuple[str, str]], list[str]]:
+    """The calibration sentences: ``(intent, text)`` of 3 seeded template sentences per in-domain
+    intent, and the out-of-domain texts (the templates' ``[none]`` examples + OUT_OF_DOMAIN_EXTRA)."""
+    rnd = random.Random(1)
+    in_domain = [(i, e.text) for i in templates.in_domain_intents for e in rnd.sample(templates.examples(i, 200, 7), 3)]
+    ood = [e.text for e in templates.sentences(include_none=True) if e.intent == "none"] + list(OUT_OF_DOMAIN_EXTRA)
+    return in_domain, ood
+
+
 def calibrate(args: argparse.Namespace) -> None:
     templates = TemplateSet.load(ROOT / "resources" / "templates" / "en-us.ini")
-    rnd = random.Random(1)
-    in_domain = [e.text for i in templates.in_domain_intents for e in rnd.sample(templates.examples(i, 200, 7), 3)]
-    ood = [e.text for e in templates.sentences(include_none=True) if e.intent == "none"] + list(OUT_OF_DOMAIN_EXTRA)
+    labelled, ood = calibration_sentences(templates)
+    in_domain = [text for _, text in labelled]
     stt.CALIBRATION.update({k: (0.0, 1.0) for k in stt.CALIBRATION})  # confidence = logistic(gap): invert it
     with tempfile.TemporaryDirectory() as tmp:
         pack = stt.build_language_pack(templates, Path(tmp))
