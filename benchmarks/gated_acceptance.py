@@ -24,7 +24,9 @@ be acted on: ``benchmarks/loop_policy.py`` measures the loop as a whole).
 Measured 2026-12-07 (session 16; 61 + 32 kept sentences, 44 + 22 of them right): no cap, centre 5
 (as it was): 56 right, 17 wrong acted on; cap 0.75, centre -2: 61 right, 9 wrong (the best pooled
 pair, in force); cap 1.0, centre -2: 64 / 15; cap 0.5, centre -2: 58 / 7. (Measured before every
-recognizer pass got a fresh front end, ``stt._DecoderBase._run``; the calibrations did not move.)
+recognizer pass got a fresh front end, ``stt._DecoderBase._run``.) Re-run 2026-12-08 after it (63 +
+30 kept, 45 + 20 right): as it was 58 / 19; in force 60 / 11, still the best pooled pair (tied with
+centres -6 to -3 at cap 0.75); cap 0.5, centre -2: 57 / 9.
 Usage::
 
     .venv/bin/python scripts/build_testset.py --out /tmp/heldout2 --seed 2 \\
