@@ -33,6 +33,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import tempfile
@@ -49,13 +50,20 @@ from inference_core.stt import Recognizer
 GIVEN_UP = ("rejected", "general LM")
 
 
+@functools.cache
+def cmudict() -> tuple[tuple[str, str], ...]:
+    """pocketsphinx's full dictionary, read once: (word without its variant number, entry line)."""
+    with open(pocketsphinx.get_model_path("en-us/cmudict-en-us.dict"), encoding="utf-8") as f:
+        return tuple((line.split(" ", 1)[0].split("(")[0], line.split("#")[0].rstrip() + "\n") for line in f)
+
+
+@functools.cache
 def general_words(n: int) -> dict[str, float]:
     """The ``n`` likeliest words of pocketsphinx's general LM: word → unigram probability."""
     lm = pocketsphinx.NGramModel(pocketsphinx.Config(), pocketsphinx.LogMath(),
                                  pocketsphinx.get_model_path("en-us/en-us.lm.bin"))
-    words = {line.split(" ", 1)[0].split("(")[0] for line in
-             open(pocketsphinx.get_model_path("en-us/cmudict-en-us.dict"), encoding="utf-8")}
-    scored = sorted(((lm.prob([w]), w) for w in words if re.fullmatch(r"[a-z][a-z']*", w)), reverse=True)[:n]
+    words = {w for w, _ in cmudict() if re.fullmatch(r"[a-z][a-z']*", w)}
+    scored = sorted(((lm.prob([w]), w) for w in words), reverse=True)[:n]
     return {w: 1.0001 ** s for s, w in scored}  # logmath base 1.0001 (pocketsphinx's default)
 
 
@@ -73,9 +81,8 @@ def open_pack(pack: Path, out: Path, sentences: list[str], n: int, mass: float) 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "lm.arpa", "w", encoding="utf-8") as f:
         lm.write(f)
-    new = [line.split("#")[0].rstrip() + "\n" for line in
-           open(pocketsphinx.get_model_path("en-us/cmudict-en-us.dict"), encoding="utf-8")
-           if line.split(" ", 1)[0].split("(")[0] in extra.keys() - known]
+    unknown = extra.keys() - known
+    new = [line for w, line in cmudict() if w in unknown]
     (out / "words.dict").write_text((pack / "words.dict").read_text() + "".join(new))
     return out
 

@@ -174,7 +174,7 @@ def test_out_of_domain_speech_is_rejected(recognizer: Recognizer, audio: dict[st
     # ... and most fall below the threshold: the joke, forced onto "delete on tokyo tokyo this",
     # sits at 0.52, just above it (the shipped and held-out sets measure the rate: README)
     assert sum(t.rejected for t in ood) >= 2
-    assert all(t.confidence < recognizer.rejection_threshold for t in ood if t.rejected)
+    assert all(t.rejected == (t.confidence < recognizer.rejection_threshold) for t in ood)
 
 
 def test_nothing_heard(recognizer: Recognizer) -> None:
